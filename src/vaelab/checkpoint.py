@@ -1,0 +1,255 @@
+"""Run directories and checkpoints: safetensors + JSON, written atomically, never pickle.
+
+A run directory holds `config.json` (what to build), `model.safetensors` (best-validation weights),
+`checkpoints/step-*.safetensors` (full training state: weights, Adam state, RNG state, history; the
+newest two are kept), `metrics.jsonl` and `timing.jsonl`. Every file is written to a temporary name,
+fsynced and renamed, so a crash never leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .config import ConfigError, RunConfig
+
+FORMAT_VERSION = 1  # bump when the run-directory layout changes incompatibly
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.jsonl"
+KEEP_CHECKPOINTS = 2  # the newest and one fallback
+
+
+class CheckpointError(RuntimeError):
+    """A run directory or checkpoint that cannot be used; the message names the file."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are ordinary readable files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """SHA-256 over metadata and tensor bytes: safetensors itself has no checksum, so a flipped
+    bit in a weight would otherwise load silently."""
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write tensors + JSON-able `meta` as one safetensors file with a checksum."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta_json = json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True)
+    blob = st_save(tensors, metadata={"vaelab": meta_json, "sha256": _digest(tensors, meta_json)})
+    atomic_write(Path(path), blob)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by save_tensors; CheckpointError if missing, damaged or foreign."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + n])
+        tensors = st_load(blob)
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(f"{path}: damaged or not a safetensors file ({type(e).__name__})") from None
+    extra = header.get("__metadata__") or {}
+    if "vaelab" not in extra or "sha256" not in extra:
+        raise CheckpointError(f"{path}: not written by vaelab (no vaelab metadata)")
+    if _digest(tensors, extra["vaelab"]) != extra["sha256"]:
+        raise CheckpointError(f"{path}: checksum mismatch (the file is damaged)")
+    meta = json.loads(extra["vaelab"])
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer vaelab (format {meta['format_version']}, "
+                              f"this one reads up to {FORMAT_VERSION}); upgrade vaelab")
+    return tensors, meta
+
+
+# --- run directory -------------------------------------------------------------------------------
+
+def save_config(run_dir: Path, config: RunConfig, *, version: str) -> None:
+    write_json(Path(run_dir) / CONFIG_FILE,
+               {"format_version": FORMAT_VERSION, "vaelab_version": version, "config": config.to_dict()})
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    """The RunConfig stored in `run_dir`, with a clear error for anything that is not a vaelab run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir}: not a vaelab run directory (no {CONFIG_FILE})")
+    raw = read_json(run_dir / CONFIG_FILE)
+    version = raw.get("format_version")
+    if not isinstance(version, int) or "config" not in raw:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: not a vaelab run config")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{run_dir}: made by a newer vaelab (format {version}, this one reads up to "
+                              f"{FORMAT_VERSION}); upgrade vaelab")
+    try:
+        return RunConfig.from_dict(raw["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: {e}") from None
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path, prefix: str = "") -> None:
+    """Copy `tensors` into `model`, listing every missing, unexpected or mis-shaped tensor."""
+    expected = model.state_dict()
+    found = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: file has {tuple(found[k].shape)}, config needs {tuple(v.shape)}"
+                 for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(problems))
+    model.load_state_dict(found)
+
+
+def save_model(run_dir: Path, model: nn.Module, meta: dict) -> None:
+    save_tensors(Path(run_dir) / MODEL_FILE, model.state_dict(), meta)
+
+
+def load_model(run_dir: Path, model: nn.Module) -> dict:
+    """Load the best-validation weights of `run_dir` into `model`; returns their metadata."""
+    path = Path(run_dir) / MODEL_FILE
+    tensors, meta = load_tensors(path)
+    load_weights(model, tensors, path)
+    return meta
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """Complete training checkpoints, newest first."""
+    return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.safetensors"), reverse=True)
+
+
+def save_training_state(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator, state: dict) -> Path:
+    """Write everything needed to resume exactly: weights, Adam state, RNG state, `state` (JSON)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, per_param in opt["state"].items():
+        for key, value in per_param.items():
+            tensors[f"optimizer.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng"] = generator.get_state()
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    directory.mkdir(exist_ok=True)
+    path = directory / f"step-{state['step']:09d}.safetensors"
+    save_tensors(path, tensors, {"kind": "training_state", "state": state,
+                                 "param_groups": opt["param_groups"]})
+    for old in checkpoint_paths(run_dir)[KEEP_CHECKPOINTS:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_training_state(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator) -> dict:
+    """Restore the newest complete checkpoint; fall back to an older one (with a warning) if damaged."""
+    paths = checkpoint_paths(run_dir)
+    if not paths:
+        raise CheckpointError(f"{run_dir}: no training checkpoint to resume from")
+    problems = []
+    for path in paths:
+        try:
+            state = _restore(path, model=model, optimizer=optimizer, generator=generator)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        for p in problems:
+            print(f"warning: skipped a damaged checkpoint: {p}; resuming from {path.name}", file=sys.stderr)
+        return state
+    raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+
+
+def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> dict:
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != "training_state" or "state" not in meta:
+        raise CheckpointError(f"{path}: not a training checkpoint")
+    if "rng" not in tensors:
+        raise CheckpointError(f"{path}: RNG state missing; cannot resume exactly")
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            per_param.setdefault(int(index), {})[key] = value
+    n_params = len(list(model.parameters()))
+    if sorted(per_param) != list(range(n_params)) or "param_groups" not in meta:
+        raise CheckpointError(f"{path}: optimizer state missing or incomplete; cannot resume exactly")
+    load_weights(model, tensors, path, prefix="model.")
+    try:
+        # load_state_dict moves each tensor to its parameter's device and dtype itself.
+        optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+        generator.set_state(tensors["rng"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer or RNG state does not fit this run ({e})") from None
+    return meta["state"]
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """Rewrite metrics.jsonl from the checkpoint's history (so resume never duplicates lines)."""
+    atomic_write(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,156 @@
+"""The `vaelab` command: parse arguments, call library functions, turn errors into one clear line.
+
+Exit codes: 0 success, 1 a runtime problem (damaged data, non-finite loss), 2 bad input (usage,
+unknown names, a missing or foreign run directory, a checkpoint that does not fit its config),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .config import DEFAULT_OBJECTIVE, ConfigError, RunConfig, parse_hidden
+from .data import DataError
+from .train import NonFiniteLossError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="vaelab: PCA -> autoencoder -> VAE on MNIST, as derived in the paper; trained and measured.\n\n"
+    "Examples:\n\n\b\n"
+    "  vaelab train --model vae --objective paper --latent-dim 2 --epochs 30 --out runs/vae-z2\n"
+    "  vaelab evaluate runs/vae-z2\n"
+    "  vaelab sample runs/vae-z2 -n 64 -o samples.png\n"
+    "  vaelab train --resume runs/vae-z2 --epochs 40",
+)
+
+USAGE = 2  # exit code for bad input
+FAILURE = 1  # exit code for a runtime problem
+
+
+class UsageProblem(Exception):
+    """Bad input found after parsing (e.g. flags that conflict)."""
+
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root holding MNIST/raw/ (then $VAELAB_DATA, then the cache).")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+
+
+@app.command(epilog="Example: vaelab train --model vae --objective paper --latent-dim 2 --epochs 30 --out runs/vae-z2")
+def train(
+    model: Annotated[str | None, typer.Option(help="pca | autoencoder | vae  [default: vae]")] = None,
+    objective: Annotated[str | None, typer.Option(help="paper | elbo (vae); reconstruction (autoencoder)  [default: per model]")] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="Size of the code (the paper uses 1 and 2)  [default: 2]")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Encoder hidden widths, e.g. 512,256  [default: 512,256]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs; on --resume, continue up to this  [default: 30]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size  [default: 128]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate  [default: 0.001]")] = None,
+    beta: Annotated[float | None, typer.Option(help="Weight on the regulariser  [default: 1]")] = None,
+    binarize: Annotated[str | None, typer.Option(help="dynamic | none  [default: dynamic]")] = None,
+    dataset: Annotated[str | None, typer.Option(help="mnist | fashion-mnist | kmnist  [default: mnist]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed  [default: 0]")] = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    out: Annotated[Path | None, typer.Option(help="New run directory")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
+) -> None:
+    """Train a model; writes config, checkpoints and metrics.jsonl to the run directory."""
+    from . import train as training
+
+    given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
+             "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
+             "seed": seed}
+    if resume is not None:
+        fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if fixed or out is not None:
+            raise UsageProblem(f"--resume continues a run as configured; drop {', '.join(fixed + (['--out'] if out else []))}")
+        result = training.resume(resume, epochs=epochs, data_dir=data_dir, device=device)
+    else:
+        if out is None:
+            raise UsageProblem("give --out DIR for a new run (or --resume DIR to continue one)")
+        kind = model or "vae"
+        values = {k: v for k, v in given.items() if v is not None}
+        values.update(model=kind, objective=objective or DEFAULT_OBJECTIVE.get(kind, "paper"))
+        if hidden is not None:
+            values["hidden"] = parse_hidden(hidden)
+        if epochs is not None:
+            values["epochs"] = epochs
+        config = RunConfig(**values)
+        result = training.train(config, out, data_dir=data_dir, device=device)
+    best = f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history else "nothing to do"
+    typer.echo(f"{result.run_dir}: {result.epochs_done} epochs, {best}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Validation and test loss of the best checkpoint, per image in nats; saved to evaluation.json."""
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(run_dir, data_dir=data_dir, device=device)
+    typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image:")
+    typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}")
+    for split in ("valid", "test"):
+        r = result[split]
+        typer.echo(f"  {split:6} {r['loss']:10.3f} {r['reconstruction']:10.3f} {r['regularizer']:10.3f} "
+                   f"{r['squared_error']:10.3f}")
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
+    n: Annotated[int, typer.Option("-n", help="Number of images", min=1, max=10000)] = 64,
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="Seed for the codes")] = 0,
+    device: Device = "auto",
+) -> None:
+    """Decode codes drawn from the prior N(0, I) and save them as a PNG grid."""
+    from .evaluate import load_run, sample_images
+    from .figures import image_grid
+
+    model, config, _ = load_run(run_dir, device)
+    image_grid(sample_images(model, config, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
+    typer.echo(f"wrote {n} samples to {output}")
+
+
+@app.command()
+def version() -> None:
+    """Print the vaelab version."""
+    typer.echo(json.dumps({"vaelab": __version__}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, mapping every known error to one line on stderr."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.format_message(), file=sys.stderr)
+        sys.exit(USAGE)
+    except click.UsageError as e:
+        _fail(e.format_message(), USAGE)
+    except click.Abort:
+        _fail("interrupted", 130)
+    except (UsageProblem, ConfigError, CheckpointError, ValueError) as e:
+        _fail(str(e), USAGE)
+    except (DataError, NonFiniteLossError, OSError) as e:
+        _fail(str(e), FAILURE)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"vaelab: error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,100 @@
+"""The run configuration: one typed dataclass that names everything a training run depends on.
+
+It is stored as `config.json` in every run directory, so `evaluate`, `sample` and `--resume`
+rebuild the exact model and data pipeline from the directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MODELS = ("pca", "autoencoder", "vae")
+OBJECTIVES = ("paper", "elbo", "reconstruction", "squared-error")
+BINARIZE = ("dynamic", "none")
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+
+# The objective each model trains on when none is given; a VAE defaults to the paper's eq. (2)-(3).
+DEFAULT_OBJECTIVE = {"pca": "squared-error", "autoencoder": "reconstruction", "vae": "paper"}
+# Which objectives make sense for which model (the PCA is fit in closed form).
+ALLOWED_OBJECTIVES = {"pca": ("squared-error",), "autoencoder": ("reconstruction",), "vae": ("paper", "elbo")}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "vae"  # "pca" | "autoencoder" | "vae"
+    objective: str = "paper"  # "paper" (eq. 2-3) | "elbo" (Kingma & Welling) | "reconstruction" | "squared-error"
+    latent_dim: int = 2  # size of the code c; the paper uses 1 and 2
+    hidden: tuple[int, ...] = (512, 256)  # encoder MLP widths; the decoder mirrors them
+    epochs: int = 30  # total epochs (a resumed run continues up to this number)
+    batch_size: int = 128  # minibatch size for Adam
+    lr: float = 1e-3  # Adam learning rate
+    beta: float = 1.0  # weight on the regulariser (paper penalty or KL); 1 is the paper / the ELBO
+    binarize: str = "dynamic"  # "dynamic": fresh Bernoulli draw per epoch; "none": grayscale in [0, 1]
+    dataset: str = "mnist"  # "mnist" | "fashion-mnist" | "kmnist"
+    seed: int = 0  # seeds weight init, shuffling, dynamic binarization and the VAE noise
+    eval_seed: int = 1234  # fixed seed: binarizes validation/test once, draws the validation noise
+    valid_size: int = 10000  # the last images of the official training set held out for validation
+    n_pixels: int = 784  # 28 x 28 input images
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        check(self)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def check(c: RunConfig) -> None:
+    """Raise ConfigError naming the first bad value."""
+    def choice(name: str, value: str, options: tuple[str, ...]) -> None:
+        if value not in options:
+            raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
+
+    choice("model", c.model, MODELS)
+    choice("objective", c.objective, OBJECTIVES)
+    choice("binarize mode", c.binarize, BINARIZE)
+    choice("dataset", c.dataset, DATASETS)
+    if c.objective not in ALLOWED_OBJECTIVES[c.model]:
+        raise ConfigError(
+            f"model {c.model!r} cannot train on objective {c.objective!r}; "
+            f"use: {', '.join(ALLOWED_OBJECTIVES[c.model])}"
+        )
+    positive = {"latent dim": c.latent_dim, "batch size": c.batch_size, "valid size": c.valid_size,
+                "pixel count": c.n_pixels}
+    for name, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not isinstance(c.epochs, int) or c.epochs < 0:
+        raise ConfigError(f"epochs must be a whole number >= 0, got {c.epochs!r}")
+    if not c.hidden or any(h < 1 for h in c.hidden):
+        raise ConfigError(f"hidden sizes must be one or more whole numbers >= 1, got {list(c.hidden)}")
+    if not (c.lr > 0 and c.lr < float("inf")):
+        raise ConfigError(f"learning rate must be a positive number, got {c.lr!r}")
+    if not (c.beta >= 0 and c.beta < float("inf")):
+        raise ConfigError(f"beta must be a number >= 0, got {c.beta!r}")
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """'512,256' -> (512, 256), with a clear error for anything else."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--hidden takes comma-separated whole numbers like 512,256, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"--hidden takes comma-separated whole numbers >= 1, got {text!r}")
+    return sizes

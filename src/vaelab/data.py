@@ -1,0 +1,294 @@
+"""MNIST-format data: find or download the IDX files, verify them, parse, split, binarize.
+
+LeCun et al.'s IDX format (also used by Fashion-MNIST and KMNIST), in the `ROOT/<Name>/raw/` layout
+that torchvision uses. All images stay in memory as tensors: MNIST is 47 MB as uint8.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV_DATA = "VAELAB_DATA"  # environment variable: a data root to search after --data-dir
+ENV_CACHE = "VAELAB_CACHE"  # environment variable: overrides the cache directory
+
+
+class DataError(RuntimeError):
+    """The data could not be found or is damaged; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    name: str  # file name without ".gz"
+    md5: str | None  # MD5 of the uncompressed file, where the publisher gives it
+    gz_md5: str  # MD5 of the published .gz file
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # the --dataset value
+    folder: str  # ROOT/<folder>/raw/ holds the files (torchvision's layout)
+    files: dict[str, IdxFile]  # role ("train_images", ...) -> file
+    mirrors: tuple[str, ...]  # base URLs tried in order
+
+
+def _files(md5: dict[str, str | None], gz_md5: dict[str, str]) -> dict[str, IdxFile]:
+    names = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+    return {role: IdxFile(name, md5.get(role), gz_md5[role]) for role, name in names.items()}
+
+
+SPECS = {
+    "mnist": DatasetSpec(
+        "mnist", "MNIST",
+        _files(
+            md5={"train_images": "6bbc9ace898e44ae57da46a324031adb", "train_labels": "a25bea736e30d166cdddb491f175f624",
+                 "test_images": "2646ac647ad5339dbf082846283269ea", "test_labels": "27ae3e4e09519cfbb04c329615203637"},
+            gz_md5={"train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+                    "test_images": "9fb629c4189551a2d022fa330f9573f3", "test_labels": "ec29112dd5afa0611ce80d1b7f02629c"},
+        ),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    ),
+    # Fashion-MNIST and KMNIST publish sums of the .gz files only; uncompressed copies get the
+    # structural checks (magic number, sizes) but no checksum.
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", "FashionMNIST",
+        _files(
+            md5={},
+            gz_md5={"train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+                    "test_images": "bef4ecab320f06d8554ea6380940ec79", "test_labels": "bb300cfdad3c16e7a12a480ee83cd310"},
+        ),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+    "kmnist": DatasetSpec(
+        "kmnist", "KMNIST",
+        _files(
+            md5={},
+            gz_md5={"train_images": "bdb82020997e1d708af4cf47b453dcf7", "train_labels": "e144d726b3acfaa3e44228e80efcd344",
+                    "test_images": "5c965bf0a639b31b8f53240b1b52f4d7", "test_labels": "7320c461ea6c1c855c0b718fb2a4b134"},
+        ),
+        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where vaelab keeps downloads and its own cached artefacts."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vaelab"
+
+
+def candidate_roots(data_dir: str | Path | None) -> list[Path]:
+    """Data roots in look-up order: --data-dir, then $VAELAB_DATA, then the cache directory."""
+    roots = [Path(data_dir)] if data_dir else []
+    if os.environ.get(ENV_DATA):
+        roots.append(Path(os.environ[ENV_DATA]))
+    roots.append(cache_dir() / "data")
+    return roots
+
+
+def _present(raw: Path, f: IdxFile) -> Path | None:
+    for p in (raw / f.name, raw / (f.name + ".gz")):
+        if p.is_file():
+            return p
+    return None
+
+
+def locate(spec: DatasetSpec, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
+    """The `raw/` folder holding all four files of `spec`, downloading them if no root has them."""
+    roots = candidate_roots(data_dir)
+    for root in roots:
+        raw = root / spec.folder / "raw"
+        if all(_present(raw, f) for f in spec.files.values()):
+            return raw
+    target = roots[0] / spec.folder / "raw"
+    errors = []
+    if download:
+        try:
+            for f in spec.files.values():
+                if not _present(target, f):
+                    fetch(f, spec.mirrors, target)
+            return target
+        except DataError as e:
+            errors.append(str(e))
+    looked = ", ".join(str(r / spec.folder / "raw") for r in roots)
+    raise DataError(
+        f"{spec.name} files not found; looked in {looked}"
+        + (f"; download failed ({errors[0]})" if errors else "")
+        + f". Put {', '.join(f.name for f in spec.files.values())} (or their .gz) in ROOT/{spec.folder}/raw/ "
+        f"and pass --data-dir ROOT or set {ENV_DATA}=ROOT."
+    )
+
+
+def fetch(f: IdxFile, mirrors: tuple[str, ...], raw: Path, *, timeout: float = 30.0) -> Path:
+    """Download `f.name`.gz from the first mirror that serves it with the right MD5.
+
+    Written to a temporary file in the target folder and renamed only after the MD5 matches, so an
+    interrupted or corrupted download never leaves a file that looks complete.
+    """
+    raw.mkdir(parents=True, exist_ok=True)
+    dest = raw / (f.name + ".gz")
+    problems = []
+    for base in mirrors:
+        url = base + f.name + ".gz"
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{f.name}.", suffix=".part")
+        try:
+            digest = hashlib.md5()
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != f.gz_md5:
+                problems.append(f"{url}: MD5 {digest.hexdigest()} != {f.gz_md5}")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except OSError as e:  # URLError, timeouts and disk errors are all OSError
+            problems.append(f"{url}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise DataError(f"could not download {f.name}.gz: " + "; ".join(problems))
+
+
+def read_idx(path: Path, f: IdxFile, *, verify: bool = True) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) into a uint8 array, checking structure and MD5.
+
+    Returns (N, rows * cols) for images and (N,) for labels. Raises DataError naming the file.
+    """
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix == ".gz":
+        if verify and hashlib.md5(blob).hexdigest() != f.gz_md5:
+            # Keep going: a structural message is more useful when the file is obviously broken.
+            gz_ok = False
+        else:
+            gz_ok = True
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: not a valid gzip file ({e})") from None
+    else:
+        gz_ok = True
+    array = parse_idx(blob, path)
+    if verify:
+        if not gz_ok:
+            raise DataError(f"{path}: MD5 does not match the official {f.gz_md5} (file altered or corrupt)")
+        if path.suffix != ".gz" and f.md5 is not None and hashlib.md5(blob).hexdigest() != f.md5:
+            raise DataError(f"{path}: MD5 does not match the official {f.md5} (file altered or corrupt)")
+    return array
+
+
+def parse_idx(blob: bytes, path: Path) -> np.ndarray:
+    """IDX bytes -> uint8 array; images flattened to (N, rows * cols)."""
+    if len(blob) < 8:
+        raise DataError(f"{path}: too short to be an IDX file ({len(blob)} bytes)")
+    zero, dtype, ndim = int.from_bytes(blob[:2], "big"), blob[2], blob[3]
+    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+        raise DataError(
+            f"{path}: wrong magic number 0x{blob[:4].hex()} (expected 0x00000801 for labels or 0x00000803 for images)"
+        )
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise DataError(f"{path}: truncated header")
+    dims = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(blob) != expected:
+        what = "truncated" if len(blob) < expected else "longer than its header says"
+        raise DataError(
+            f"{path}: {what}: header says {' x '.join(map(str, dims))} ({expected} bytes) but the file has {len(blob)} bytes"
+        )
+    array = np.frombuffer(blob, dtype=np.uint8, offset=header)
+    return (array.reshape(dims[0], -1) if ndim == 3 else array).copy()  # writable, owns its memory
+
+
+@dataclass
+class Splits:
+    """uint8 images (N, 784) and int64 labels (N,) for the three splits."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_splits(dataset: str = "mnist", data_dir: str | Path | None = None, *, valid_size: int = 10000,
+                download: bool = True) -> Splits:
+    """Official training set -> train + validation (its last `valid_size` images), official test set."""
+    if dataset not in SPECS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
+    spec = SPECS[dataset]
+    raw = locate(spec, data_dir, download=download)
+    arrays = {role: read_idx(_present(raw, f), f) for role, f in spec.files.items()}
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"{raw}: {split} set has {n_img} images but {n_lab} labels")
+    n_train = len(arrays["train_images"])
+    if not 0 < valid_size < n_train:
+        raise DataError(f"valid size {valid_size} must be between 1 and {n_train - 1} (training set size - 1)")
+    cut = n_train - valid_size
+    x = torch.from_numpy(np.ascontiguousarray(arrays["train_images"]))
+    y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    return Splits(
+        train_x=x[:cut], train_y=y[:cut], valid_x=x[cut:], valid_y=y[cut:],
+        test_x=torch.from_numpy(np.ascontiguousarray(arrays["test_images"])),
+        test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+    )
+
+
+@dataclass
+class PixelData:
+    """Float32 images (N, 784) ready for the model.
+
+    `train` holds intensities in [0, 1]; with dynamic binarization each training batch is a fresh
+    Bernoulli draw from them (`train_batch`). `valid` and `test` are fixed: binarized once with the
+    recorded eval seed, or grayscale.
+    """
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    binarize: str
+    splits: Splits
+
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = self.train[idx]  # (B, 784)
+        return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
+
+    def to(self, device: torch.device) -> PixelData:
+        return PixelData(self.train.to(device), self.valid.to(device), self.test.to(device), self.binarize,
+                         self.splits)
+
+
+def pixel_data(splits: Splits, *, binarize: str = "dynamic", eval_seed: int = 1234) -> PixelData:
+    """Apply the pixel model: 'dynamic' (Bernoulli, fresh per epoch for training) or 'none'."""
+    if binarize not in ("dynamic", "none"):
+        raise DataError(f"unknown binarize mode {binarize!r}; choose dynamic or none")
+
+    def scale(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float32) / 255.0
+
+    train, valid, test = scale(splits.train_x), scale(splits.valid_x), scale(splits.test_x)
+    if binarize == "dynamic":
+        g = torch.Generator().manual_seed(eval_seed)
+        valid = torch.bernoulli(valid, generator=g)
+        test = torch.bernoulli(test, generator=g)
+    return PixelData(train, valid, test, binarize, splits)

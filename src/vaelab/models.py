@@ -1,0 +1,140 @@
+"""The paper's three encoder/decoder pairs, sharing encode() / decode() / reconstruct().
+
+PCA: encoder W, decoder Wᵀ (closed form). Autoencoder: the same idea with MLPs. VAE: the encoder
+outputs (m, σ) and the decoder turns a code into Bernoulli logits (eq. 2 of the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Decoder(nn.Module):
+    """Code (N, D) -> Bernoulli logits (N, P), the encoder's widths in reverse."""
+
+    def __init__(self, latent_dim: int, hidden: tuple[int, ...], n_pixels: int):
+        super().__init__()
+        self.to_hidden = nn.Sequential(mlp([latent_dim, *reversed(hidden)]), nn.ReLU())
+        self.to_logits = nn.Linear(hidden[0], n_pixels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.to_logits(self.to_hidden(z))
+
+
+class Autoencoder(nn.Module):
+    """Deterministic MLP encoder x -> c and decoder c -> logits: the paper's 'neural W and Wᵀ'."""
+
+    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
+        self.to_code = nn.Linear(hidden[-1], latent_dim)
+        self.decoder = Decoder(latent_dim, hidden, n_pixels)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.to_hidden(x))  # (N, D)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (N, P) logits
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean decode in pixel space, (N, P) in [0, 1]."""
+        return torch.sigmoid(self.decode(self.encode(x)))
+
+
+class VAE(nn.Module):
+    """MLP encoder x -> (m, σ), decoder c -> Bernoulli logits.
+
+    The second encoder output is σ in the paper's notation; the objective decides what it means
+    (log standard deviation for `paper`, log variance for `elbo`).
+    """
+
+    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
+        self.to_stats = nn.Linear(hidden[-1], 2 * latent_dim)
+        self.decoder = Decoder(latent_dim, hidden, n_pixels)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, sigma = self.to_stats(self.to_hidden(x)).chunk(2, dim=-1)  # (N, D) each
+        return m, sigma
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (N, P) logits
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode of the mean code m, (N, P) in [0, 1]."""
+        return torch.sigmoid(self.decode(self.encode(x)[0]))
+
+
+class PCA(nn.Module):
+    """Closed-form linear encoder/decoder: z = (x - mean) Wᵀ, x̂ = z W + mean.
+
+    W (D, P) holds the top-D principal directions of the training data (orthonormal rows), so the
+    reconstruction is the best rank-D approximation in squared error (Eckart-Young).
+    """
+
+    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...] = ()):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_pixels))  # (P,)
+        self.register_buffer("components", torch.zeros(latent_dim, n_pixels))  # W, (D, P)
+        self.register_buffer("variances", torch.ones(latent_dim))  # variance of each code, (D,)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> PCA:
+        """Fit to data x (N, P): eigenvectors of the covariance, computed in float64."""
+        x64 = x.to(torch.float64)
+        mean = x64.mean(0)
+        centered = x64 - mean
+        cov = centered.T @ centered / (len(x) - 1)  # (P, P)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        d = self.components.shape[0]
+        top = eigvecs[:, -d:].flip(-1).T  # (D, P), largest first
+        # Fix each direction's sign (largest-magnitude entry positive) so fits are reproducible.
+        signs = torch.sign(top.gather(1, top.abs().argmax(1, keepdim=True)))
+        self.mean.copy_(mean)
+        self.components.copy_(top * signs)
+        self.variances.copy_(eigvals[-d:].flip(-1).clamp_min(0))
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.components.T  # (N, D)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.components + self.mean  # (N, P), pixel values (not logits)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+MODEL_CLASSES = {"pca": PCA, "autoencoder": Autoencoder, "vae": VAE}
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """A freshly initialised model for `config` (weights drawn from torch's global RNG)."""
+    cls = MODEL_CLASSES[config.model]
+    return cls(n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden)
+
+
+def decode_to_pixels(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Mean image of code z, (N, P) in pixel space: sigmoid of logits, or PCA's linear decode."""
+    out = model.decode(z)
+    return out.clamp(0, 1) if isinstance(model, PCA) else torch.sigmoid(out)
+
+
+def encode_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The deterministic code of x, (N, D): m for a VAE, the code for the others."""
+    z = model.encode(x)
+    return z[0] if isinstance(z, tuple) else z

@@ -1,0 +1,201 @@
+"""Training: data as tensors in memory, shuffled minibatches, Adam, validation every epoch,
+best and last checkpoints, exact resume.
+
+All randomness of a run (shuffling, dynamic binarization, the VAE noise) comes from one
+torch.Generator whose state is saved in every checkpoint, so 2 + 2 epochs equal 4 epochs bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import (
+    CONFIG_FILE,
+    TIMING_FILE,
+    CheckpointError,
+    load_config,
+    load_training_state,
+    save_config,
+    save_model,
+    save_training_state,
+    write_metrics,
+)
+from .config import RunConfig
+from .data import PixelData, load_splits, pixel_data
+from .models import PCA, build_model
+from .objectives import OBJECTIVES, evaluate_objective
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or inf; the message names the epoch and step."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best_valid_loss: float
+    history: list[dict]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel (one pass over all parameters) where this torch build has it."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def init_model(config: RunConfig, device: torch.device) -> nn.Module:
+    """The model for `config` with weights drawn from `config.seed`, leaving torch's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+    return model.to(device)
+
+
+def load_data(config: RunConfig, data_dir: str | Path | None = None) -> PixelData:
+    splits = load_splits(config.dataset, data_dir, valid_size=config.valid_size)
+    return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
+          device: str = "auto", progress: bool | None = None, log: Callable[[str], None] = _log) -> TrainResult:
+    """Start a new run in directory `out` (which must not already hold a run) and train it.
+
+    `data` may be passed in to share one in-memory copy between runs; otherwise it is loaded
+    (before anything is written, so a data error leaves no half-made run directory).
+    """
+    out = Path(out)
+    if (out / CONFIG_FILE).exists():
+        raise CheckpointError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
+    dev = resolve_device(device)
+    data = data if data is not None else load_data(config, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, config, version=__version__)
+    return _fit(config, out, data=data, device=dev, resume=False, progress=progress, log=log)
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | None = None,
+           data_dir: str | Path | None = None, device: str = "auto", progress: bool | None = None,
+           log: Callable[[str], None] = _log) -> TrainResult:
+    """Continue the run in `run_dir` up to `epochs` total (default: its configured total).
+
+    Resuming a finished run is a no-op that returns its result.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if epochs is not None and epochs != config.epochs:
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
+        save_config(run_dir, config, version=__version__)
+    dev = resolve_device(device)
+    data = data if data is not None else load_data(config, data_dir)
+    return _fit(config, run_dir, data=data, device=dev, resume=True, progress=progress, log=log)
+
+
+def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, resume: bool,
+         progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+    model = init_model(config, device)
+    data = data.to(device)
+    if isinstance(model, PCA):
+        return _fit_pca(config, run_dir, model, data, log)
+    optimizer = make_optimizer(model, config.lr)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf}
+    if resume:
+        state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
+        write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
+    objective = OBJECTIVES[config.objective]
+    n = len(data.train)
+    n_batches = math.ceil(n / config.batch_size)
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=generator, device=device)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr,
+                   disable=None if progress is None else not progress)
+        for i in range(n_batches):
+            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+            x = data.train_batch(idx, generator)  # (B, P)
+            terms = objective(model, x, beta=config.beta, generator=generator)
+            loss = terms["loss"].mean()
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i + 1} of {n_batches}; "
+                    f"the last good checkpoint (epoch {state['epoch']}) is intact. Try a lower --lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sums += torch.stack([terms[k].detach().sum() for k in ("loss", "reconstruction", "regularizer")]).double()
+            bar.update()
+        bar.close()
+        state["step"] += n_batches
+        train_means = (sums / n).tolist()
+        valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
+        if not math.isfinite(valid["loss"]):
+            raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch}; "
+                                     f"the last good checkpoint (epoch {state['epoch']}) is intact")
+        record = {"epoch": epoch, "step": state["step"],
+                  "train_loss": train_means[0], "train_reconstruction": train_means[1],
+                  "train_regularizer": train_means[2],
+                  **{f"valid_{k}": v for k, v in valid.items()}}
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if valid["loss"] < state["best_valid_loss"]:
+            state["best_valid_loss"], state["best_epoch"] = valid["loss"], epoch
+            save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
+        save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
+        write_metrics(run_dir, state["history"])
+        seconds = time.perf_counter() - started
+        with open(run_dir / TIMING_FILE, "a") as f:  # wall time kept apart so metrics stay deterministic
+            f.write(json.dumps({"epoch": epoch, "seconds": round(seconds, 3)}) + "\n")
+        log(f"epoch {epoch}/{config.epochs}  train loss {train_means[0]:.2f}  valid loss {valid['loss']:.2f} "
+            f"nats/image  ({seconds:.1f} s)")
+    return TrainResult(run_dir, state["epoch"], state["best_epoch"], state["best_valid_loss"], state["history"])
+
+
+def _fit_pca(config: RunConfig, run_dir: Path, model: PCA, data: PixelData,
+             log: Callable[[str], None]) -> TrainResult:
+    """PCA is fit in closed form to one binarized draw of the training set (seeded), or to grayscale."""
+    generator = torch.Generator(device=data.train.device).manual_seed(config.seed)
+    x = data.train_batch(torch.arange(len(data.train), device=data.train.device), generator)
+    model.fit(x)
+    valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
+    record = {"epoch": 0, "step": 0, **{f"valid_{k}": v for k, v in valid.items()}}
+    save_model(run_dir, model, {"kind": "model", "epoch": 0, "valid_loss": valid["loss"]})
+    write_metrics(run_dir, [record])
+    log(f"PCA fit: valid squared error {valid['squared_error']:.2f} per image")
+    return TrainResult(run_dir, 0, 0, valid["loss"], [record])
