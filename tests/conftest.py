@@ -61,7 +61,8 @@ def trust_files(monkeypatch: pytest.MonkeyPatch, name: str, paths: dict[str, Pat
     for role, f in spec.files.items():
         blob = paths[role].read_bytes()
         raw_blob = gzip.decompress(blob) if paths[role].suffix == ".gz" else blob
-        files[role] = dataclasses.replace(f, md5=hashlib.md5(raw_blob).hexdigest(), gz_md5=hashlib.md5(blob).hexdigest())
+        files[role] = dataclasses.replace(f, md5=hashlib.md5(raw_blob).hexdigest(),
+                                          gz_md5=hashlib.md5(blob).hexdigest())
     monkeypatch.setitem(vdata.SPECS, name, dataclasses.replace(spec, files=files))
 
 

@@ -51,10 +51,18 @@ SPECS = {
     "mnist": DatasetSpec(
         "mnist", "MNIST",
         _files(
-            md5={"train_images": "6bbc9ace898e44ae57da46a324031adb", "train_labels": "a25bea736e30d166cdddb491f175f624",
-                 "test_images": "2646ac647ad5339dbf082846283269ea", "test_labels": "27ae3e4e09519cfbb04c329615203637"},
-            gz_md5={"train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
-                    "test_images": "9fb629c4189551a2d022fa330f9573f3", "test_labels": "ec29112dd5afa0611ce80d1b7f02629c"},
+            md5={
+                "train_images": "6bbc9ace898e44ae57da46a324031adb",
+                "train_labels": "a25bea736e30d166cdddb491f175f624",
+                "test_images": "2646ac647ad5339dbf082846283269ea",
+                "test_labels": "27ae3e4e09519cfbb04c329615203637",
+            },
+            gz_md5={
+                "train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+                "test_images": "9fb629c4189551a2d022fa330f9573f3",
+                "test_labels": "ec29112dd5afa0611ce80d1b7f02629c",
+            },
         ),
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     ),
@@ -64,8 +72,12 @@ SPECS = {
         "fashion-mnist", "FashionMNIST",
         _files(
             md5={},
-            gz_md5={"train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
-                    "test_images": "bef4ecab320f06d8554ea6380940ec79", "test_labels": "bb300cfdad3c16e7a12a480ee83cd310"},
+            gz_md5={
+                "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+                "test_images": "bef4ecab320f06d8554ea6380940ec79",
+                "test_labels": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
         ),
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     ),
@@ -73,8 +85,12 @@ SPECS = {
         "kmnist", "KMNIST",
         _files(
             md5={},
-            gz_md5={"train_images": "bdb82020997e1d708af4cf47b453dcf7", "train_labels": "e144d726b3acfaa3e44228e80efcd344",
-                    "test_images": "5c965bf0a639b31b8f53240b1b52f4d7", "test_labels": "7320c461ea6c1c855c0b718fb2a4b134"},
+            gz_md5={
+                "train_images": "bdb82020997e1d708af4cf47b453dcf7",
+                "train_labels": "e144d726b3acfaa3e44228e80efcd344",
+                "test_images": "5c965bf0a639b31b8f53240b1b52f4d7",
+                "test_labels": "7320c461ea6c1c855c0b718fb2a4b134",
+            },
         ),
         ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
     ),
@@ -211,7 +227,8 @@ def parse_idx(blob: bytes, path: Path) -> np.ndarray:
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "longer than its header says"
         raise DataError(
-            f"{path}: {what}: header says {' x '.join(map(str, dims))} ({expected} bytes) but the file has {len(blob)} bytes"
+            f"{path}: {what}: header says {' x '.join(map(str, dims))} ({expected} bytes) "
+            f"but the file has {len(blob)} bytes"
         )
     array = np.frombuffer(blob, dtype=np.uint8, offset=header)
     return (array.reshape(dims[0], -1) if ndim == 3 else array).copy()  # writable, owns its memory

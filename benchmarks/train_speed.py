@@ -1,0 +1,109 @@
+"""Seconds per epoch: vaelab's trainer vs a reference loop in the style of pytorch/examples' VAE.
+
+Run on demand (not in CI):  VAELAB_DATA=../shared/data .venv/bin/python benchmarks/train_speed.py
+Both train the same VAE (784-512-256-z2, ELBO) on the same 50k grayscale MNIST images at batch 128.
+The reference converts every image to PIL and back as torchvision's ToTensor does, batches with a
+DataLoader and calls .item() per batch. Also prints vaelab's achieved GFLOP/s against a large matmul
+measured in the same run. Targets on 2 CPU cores: >= 3x faster per epoch, >= 60% of the matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vaelab.config import RunConfig
+from vaelab.train import init_model, load_data, train
+
+
+class PilMnist(Dataset):
+    """Per-sample dataset as torchvision's MNIST + ToTensor: uint8 -> PIL image -> float tensor."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images.numpy().reshape(-1, 28, 28)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        pic = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.array(pic, np.uint8, copy=True)).view(28, 28, 1).permute(2, 0, 1).contiguous()
+        return x.float().div(255)
+
+
+def reference_epoch(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> float:
+    """One epoch the pytorch/examples way; returns seconds."""
+    loader = DataLoader(PilMnist(images), batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    started = time.perf_counter()
+    total = 0.0
+    for x in loader:
+        x = x.view(-1, 784)
+        m, logvar = model.encode(x)
+        z = m + torch.randn_like(m) * (0.5 * logvar).exp()
+        bce = F.binary_cross_entropy_with_logits(model.decode(z), x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - m.pow(2) - logvar.exp())
+        loss = bce + kld
+        optimizer.zero_grad()
+        loss.backward()
+        total += loss.item()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def vaelab_epoch(config: RunConfig, data) -> float:
+    """Seconds of vaelab's second epoch (the first warms up), validation and checkpoints included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
+        lines = (Path(tmp) / "run" / "timing.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["seconds"]
+
+
+def training_flops(config: RunConfig) -> float:
+    """Multiply-add FLOPs per training image: forward 2·in·out per layer, backward about twice that."""
+    model = init_model(config, torch.device("cpu"))
+    forward = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 3.0 * forward
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    config = RunConfig(model="vae", objective="elbo", latent_dim=2, epochs=2, batch_size=args.batch_size,
+                       binarize="none")
+    data = load_data(config, args.data_dir)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"{len(data.train)} training images")
+    peak = matmul_gflops()
+    ours = vaelab_epoch(config, data)
+    reference = reference_epoch(init_model(config, torch.device("cpu")), data.splits.train_x, args.batch_size)
+    rate = training_flops(config) * len(data.train) / ours / 1e9
+    print(f"vaelab trainer:    {ours:7.2f} s/epoch (validation + checkpoint included)")
+    print(f"reference loop:    {reference:7.2f} s/epoch (PIL + ToTensor + DataLoader, .item() per batch)")
+    print(f"speed-up:          {reference / ours:7.2f}x   (target >= 3x)")
+    print(f"vaelab GFLOP/s:    {rate:7.1f}   matmul {peak:.1f} GFLOP/s -> {rate / peak:.0%} (target >= 60%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The `vaelab` command in-process: the documented workflow works, bad input gets one line and exit 2."""
+
+import json
+
+import pytest
+
+from conftest import FAKE_VALID
+from vaelab.cli import main
+
+
+def run(argv, capsys):
+    """(exit code, stdout, stderr) of `vaelab argv`."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("vaelab.train.load_data", _fake_loader(fake_mnist))
+    run_dir = tmp_path / "vae-z2"
+    code, out, err = run(["train", "--model", "vae", "--objective", "paper", "--latent-dim", 2, "--hidden", "32,16",
+                          "--epochs", 2, "--out", run_dir], capsys)
+    assert code == 0, err
+    assert "2 epochs" in out and "best valid loss" in out
+    code, out, err = run(["evaluate", run_dir], capsys)
+    assert code == 0, err
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    assert f"{saved['test']['loss']:10.3f}" in out
+    code, out, err = run(["sample", run_dir, "-n", 16, "-o", tmp_path / "s.png"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3], capsys)
+    assert code == 0, err
+    assert "3 epochs" in out
+    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3], capsys)  # finished: no-op
+    assert code == 0 and "3 epochs" in out
+
+
+def _fake_loader(root):
+    from vaelab.config import RunConfig
+    from vaelab.data import load_splits, pixel_data
+
+    def load(config: RunConfig, data_dir=None):
+        splits = load_splits(config.dataset, root, valid_size=FAKE_VALID)
+        return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
+
+    return load
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--latent-dim", 0, "--out", "x"], "latent dim must be a whole number >= 1"),
+    (["train", "--epochs", -1, "--out", "x"], "epochs must be a whole number >= 0"),
+    (["train", "--model", "gan", "--out", "x"], "unknown model 'gan'"),
+    (["train", "--objective", "mse", "--out", "x"], "unknown objective 'mse'"),
+    (["train", "--model", "autoencoder", "--objective", "paper", "--out", "x"], "cannot train on objective"),
+    (["train", "--dataset", "cifar", "--out", "x"], "unknown dataset 'cifar'"),
+    (["train", "--hidden", "512,abc", "--out", "x"], "--hidden takes comma-separated"),
+    (["train", "--epochs", 3], "give --out DIR"),
+    (["train", "--latent-dim", "two", "--out", "x"], "is not a valid integer"),
+    (["train", "--no-such-flag"], "No such option"),
+    (["evaluate", "does-not-exist"], "no such run directory"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_foreign_directory_and_mismatched_checkpoint(fake_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("vaelab.train.load_data", _fake_loader(fake_mnist))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hello")
+    code, _, err = run(["evaluate", tmp_path / "foreign"], capsys)
+    assert code == 2 and "not a vaelab run directory" in err
+    code, _, err = run(["train", "--resume", tmp_path / "foreign"], capsys)
+    assert code == 2 and "not a vaelab run directory" in err
+    run_dir = tmp_path / "run"
+    assert run(["train", "--hidden", "16", "--epochs", 1, "--out", run_dir], capsys)[0] == 0
+    raw = json.loads((run_dir / "config.json").read_text())
+    raw["config"]["hidden"] = [24]
+    (run_dir / "config.json").write_text(json.dumps(raw))
+    code, _, err = run(["sample", run_dir, "-o", tmp_path / "s.png"], capsys)
+    assert code == 2 and "weights do not match config.json" in err and "config needs" in err
+    assert "Traceback" not in err
+    code, _, err = run(["train", "--out", run_dir], capsys)
+    assert code == 2 and "already holds a run" in err
+    code, _, err = run(["train", "--resume", run_dir, "--lr", "0.1"], capsys)
+    assert code == 2 and "drop --lr" in err
+
+
+def test_help_shows_examples(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "vaelab train --resume runs/vae-z2 --epochs 40" in out
+    code, out, _ = run(["train", "--help"], capsys)
+    assert code == 0 and "--latent-dim" in out and "--resume" in out

@@ -1,0 +1,130 @@
+"""Objectives against hand-computed values and independent references (torch.distributions, Monte Carlo)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab.objectives import (
+    bernoulli_nll,
+    elbo_objective,
+    evaluate_objective,
+    gaussian_kl,
+    paper_objective,
+    paper_penalty,
+    reconstruction_objective,
+    squared_error,
+)
+
+
+class FixedEncoder(nn.Module):
+    """encode() returns fixed (m, σ); decode() is a fixed linear map: everything checkable by hand."""
+
+    def __init__(self, m, sigma, weight):
+        super().__init__()
+        self.m, self.sigma, self.weight = torch.tensor(m), torch.tensor(sigma), torch.tensor(weight)
+
+    def encode(self, x):
+        return self.m.expand(len(x), -1), self.sigma.expand(len(x), -1)
+
+    def decode(self, z):
+        return z @ self.weight
+
+    def reconstruct(self, x):
+        return torch.sigmoid(self.decode(self.encode(x)[0]))
+
+
+def test_bernoulli_nll_by_hand():
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    expected = math.log(2) + math.log(1 + math.exp(2)) + math.log(1 + math.exp(1))
+    assert bernoulli_nll(logits, x).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_paper_penalty_by_hand():
+    m = torch.tensor([[1.0, -2.0]])
+    sigma = torch.tensor([[0.0, 1.0]])
+    # (e^0 - 1 - 0 + 1) + (e^1 - 2 + 4)
+    assert paper_penalty(m, sigma).item() == pytest.approx(1 + math.e + 2, rel=1e-6)
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    m, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    q = torch.distributions.Normal(m, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(m), torch.ones_like(m))
+    reference = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(gaussian_kl(m, logvar), reference)
+
+
+def test_gaussian_kl_matches_monte_carlo():
+    m, logvar = torch.tensor([[0.7, -1.2]]), torch.tensor([[-0.5, 0.8]])
+    std = (0.5 * logvar).exp()
+    z = m + std * torch.randn(400_000, 2, generator=torch.Generator().manual_seed(1))
+    log_q = torch.distributions.Normal(m, std).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    estimate = (log_q - log_p).mean().item()
+    assert estimate == pytest.approx(gaussian_kl(m, logvar).item(), abs=0.01)
+
+
+def test_paper_penalty_is_twice_kl_when_sigma_is_log_variance():
+    g = torch.Generator().manual_seed(2)
+    m, s = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
+    torch.testing.assert_close(paper_penalty(m, s), 2 * gaussian_kl(m, s))
+
+
+def test_paper_objective_uses_exp_sigma_as_standard_deviation():
+    model = FixedEncoder([0.5, -1.0], [0.3, -0.7], [[1.0, -2.0, 0.5], [0.2, 0.1, -1.0]])
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    terms = paper_objective(model, x, beta=0.5, generator=torch.Generator().manual_seed(3))
+    e = torch.randn(2, 2, generator=torch.Generator().manual_seed(3))
+    c = torch.tensor([0.3, -0.7]).exp() * e + torch.tensor([0.5, -1.0])  # eq. (2)
+    recon = bernoulli_nll(c @ model.weight, x)
+    penalty = (math.exp(0.3) - 1.3 + 0.25) + (math.exp(-0.7) - 0.3 + 1.0)  # eq. (3) by hand
+    torch.testing.assert_close(terms["reconstruction"], recon)
+    torch.testing.assert_close(terms["regularizer"], torch.full((2,), penalty))
+    torch.testing.assert_close(terms["loss"], recon + 0.5 * penalty)
+
+
+def test_elbo_objective_uses_half_log_variance():
+    model = FixedEncoder([0.5, -1.0], [0.3, -0.7], [[1.0, -2.0, 0.5], [0.2, 0.1, -1.0]])
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    terms = elbo_objective(model, x, generator=torch.Generator().manual_seed(4))
+    e = torch.randn(1, 2, generator=torch.Generator().manual_seed(4))
+    z = torch.tensor([0.5, -1.0]) + (0.5 * torch.tensor([0.3, -0.7])).exp() * e
+    torch.testing.assert_close(terms["reconstruction"], bernoulli_nll(z @ model.weight, x))
+    torch.testing.assert_close(terms["regularizer"], gaussian_kl(torch.tensor([[0.5, -1.0]]),
+                                                                 torch.tensor([[0.3, -0.7]])))
+    torch.testing.assert_close(terms["loss"], terms["reconstruction"] + terms["regularizer"])
+
+
+def test_reconstruction_objective_has_no_regulariser():
+    class Deterministic(nn.Module):
+        def encode(self, x):
+            return x[:, :1] * 2
+
+        def decode(self, z):
+            return z.expand(-1, 3)
+
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    terms = reconstruction_objective(Deterministic(), x)
+    torch.testing.assert_close(terms["loss"], bernoulli_nll(torch.full((1, 3), 2.0), x))
+    assert terms["regularizer"].abs().sum() == 0
+
+
+def test_squared_error_by_hand():
+    assert squared_error(torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 0.0]])).item() == pytest.approx(1.25)
+
+
+def test_evaluate_objective_is_deterministic_and_per_image():
+    model = FixedEncoder([0.5, -1.0], [0.3, -0.7], [[1.0, -2.0, 0.5], [0.2, 0.1, -1.0]])
+    x = torch.bernoulli(torch.full((50, 3), 0.5), generator=torch.Generator().manual_seed(5))
+    a = evaluate_objective(model, "paper", x, seed=7, batch_size=16)
+    b = evaluate_objective(model, "paper", x, seed=7, batch_size=16)
+    assert a == b
+    one_batch = evaluate_objective(model, "paper", x, seed=7, batch_size=1000)
+    whole = paper_objective(model, x, generator=torch.Generator().manual_seed(7))
+    assert one_batch["loss"] == pytest.approx(whole["loss"].mean().item(), rel=1e-5)
+    assert a["regularizer"] == pytest.approx(whole["regularizer"].mean().item(), rel=1e-5)
+    assert set(a) == {"loss", "reconstruction", "regularizer", "squared_error"}

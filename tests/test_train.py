@@ -1,0 +1,109 @@
+"""Training: learning happens, checkpoints and metrics are written, resume is bit-exact, a
+non-finite loss stops cleanly. Tiny models on fake data."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FAKE_VALID
+from vaelab import train as training
+from vaelab.checkpoint import checkpoint_paths, load_tensors, read_metrics
+from vaelab.config import RunConfig
+from vaelab.train import NonFiniteLossError, load_data, resume, train
+
+
+def tiny(**overrides) -> RunConfig:
+    values = dict(model="vae", objective="paper", latent_dim=2, hidden=(32, 16), epochs=4, batch_size=32,
+                  valid_size=FAKE_VALID, seed=3)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("objective", ["paper", "elbo"])
+def test_vae_learns_and_writes_its_run_directory(fake_mnist, tmp_path, objective):
+    result = train(tiny(objective=objective, epochs=6), tmp_path / "run", data_dir=fake_mnist, progress=False,
+                   log=quiet)
+    history = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in history] == list(range(1, 7))
+    assert history[-1]["valid_loss"] < 0.8 * history[0]["valid_loss"]
+    assert result.best_valid_loss == min(r["valid_loss"] for r in history)
+    assert {"train_loss", "train_reconstruction", "train_regularizer", "valid_loss", "valid_reconstruction",
+            "valid_regularizer", "valid_squared_error"} <= set(history[0])
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["config"]["objective"] == objective
+    assert len(checkpoint_paths(run)) == 2  # newest + one fallback
+    _, meta = load_tensors(run / "model.safetensors")
+    assert meta["epoch"] == result.best_epoch
+
+
+def test_autoencoder_and_pca_runs(fake_mnist, tmp_path):
+    ae = train(tiny(model="autoencoder", objective="reconstruction", epochs=3), tmp_path / "ae",
+               data_dir=fake_mnist, progress=False, log=quiet)
+    assert ae.history[-1]["valid_regularizer"] == 0
+    pca = train(tiny(model="pca", objective="squared-error"), tmp_path / "pca", data_dir=fake_mnist,
+                progress=False, log=quiet)
+    assert pca.best_valid_loss == pytest.approx(pca.history[0]["valid_squared_error"])
+    # Two principal directions must explain part of the variance: better than decoding the mean image.
+    valid = load_data(tiny(), fake_mnist).valid
+    mean_only = (valid - valid.mean(0)).square().sum(-1).mean().item()
+    assert pca.best_valid_loss < 0.9 * mean_only
+
+
+def test_two_plus_two_epochs_equal_four_bit_for_bit(fake_mnist, tmp_path):
+    config = tiny(epochs=4)
+    train(config, tmp_path / "straight", data_dir=fake_mnist, progress=False, log=quiet)
+    train(RunConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "split", data_dir=fake_mnist,
+          progress=False, log=quiet)
+    resume(tmp_path / "split", epochs=4, data_dir=fake_mnist, progress=False, log=quiet)
+    for name in ("metrics.jsonl", "model.safetensors"):
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
+    a = load_file(checkpoint_paths(tmp_path / "straight")[0])
+    b = load_file(checkpoint_paths(tmp_path / "split")[0])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Resuming a finished run is a no-op success.
+    again = resume(tmp_path / "split", data_dir=fake_mnist, progress=False, log=quiet)
+    assert again.epochs_done == 4
+    straight, split = tmp_path / "straight" / "metrics.jsonl", tmp_path / "split" / "metrics.jsonl"
+    assert straight.read_bytes() == split.read_bytes()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tmp_path, monkeypatch):
+    real = training.OBJECTIVES["paper"]
+    calls = {"n": 0}
+
+    def faulty(model, x, **kwargs):  # 7 steps + 1 validation batch, then the 3rd step of epoch 2
+        calls["n"] += 1
+        terms = real(model, x, **kwargs)
+        if calls["n"] == 7 + 1 + 3:
+            terms["loss"] = terms["loss"] * math.inf
+        return terms
+
+    monkeypatch.setitem(training.OBJECTIVES, "paper", faulty)
+    config = tiny(epochs=3)  # 200 train images / 32 = 7 steps per epoch
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 3 of 7"):
+        train(config, tmp_path / "run", data_dir=fake_mnist, progress=False, log=quiet)
+    run = tmp_path / "run"
+    [only] = checkpoint_paths(run)
+    _, meta = load_tensors(only)
+    assert meta["state"]["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    monkeypatch.setitem(training.OBJECTIVES, "paper", real)
+    result = resume(run, data_dir=fake_mnist, progress=False, log=quiet)
+    assert result.epochs_done == 3
+    train(config, tmp_path / "clean", data_dir=fake_mnist, progress=False, log=quiet)
+    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "clean" / "metrics.jsonl").read_bytes()
+
+
+def test_device_resolution():
+    assert training.resolve_device("cpu") == torch.device("cpu")
+    assert training.resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            training.resolve_device("cuda")
