@@ -2,8 +2,13 @@
 
 A run directory holds `config.json` (what to build), `model.safetensors` (best-validation weights),
 `checkpoints/step-*.safetensors` (full training state: weights, Adam state, RNG state, history; the
-newest two are kept), `metrics.jsonl` and `timing.jsonl`. Every file is written to a temporary name,
-fsynced and renamed, so a crash never leaves a half-written file under a real name.
+newest two are kept), `metrics.jsonl` and `timing.jsonl`. Every file is written to a temporary name
+(`.NAME.*.tmp`), fsynced and renamed, so a crash never leaves a half-written file under a real name.
+A training process holds an exclusive lock on `.lock` in its run directory (see `run_lock`).
+
+Test hook: the environment variable VAELAB_TEST_SLOW_WRITE=SECONDS makes `atomic_write` pause for
+that long halfway through writing each temporary file, so that tests can kill a process inside a
+checkpoint write (tests/faults/). Unset, it costs one dictionary look-up per file written.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: run directories are not locked there
+    fcntl = None
 
 import torch
 from safetensors.torch import load as st_load
@@ -28,11 +41,17 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.jsonl"
+LOCK_FILE = ".lock"  # flock()ed by the process training in the run directory
+SLOW_WRITE_ENV = "VAELAB_TEST_SLOW_WRITE"  # tests only: pause (seconds) halfway through each atomic write
 KEEP_CHECKPOINTS = 2  # the newest and one fallback
 
 
 class CheckpointError(RuntimeError):
     """A run directory or checkpoint that cannot be used; the message names the file."""
+
+
+class RunInUseError(CheckpointError):
+    """Another process is training in this run directory."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,21 +63,43 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+
+    An OSError (e.g. ENOSPC, disk full) leaves the old file untouched, removes the temporary file
+    and is re-raised with `path` as its filename.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are ordinary readable files
         with os.fdopen(fd, "wb") as f:
+            pause = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+            if pause > 0:  # test hook (module docstring): a wide window to kill the process in
+                f.write(data[:len(data) // 2])
+                f.flush()
+                time.sleep(pause)
+                data = data[len(data) // 2:]
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # already renamed into place
+        pass
 
 
 def write_json(path: Path, obj) -> None:
@@ -181,9 +222,16 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
 
 
 def save_training_state(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator, state: dict) -> Path:
-    """Write everything needed to resume exactly: weights, Adam state, RNG state, `state` (JSON)."""
+                        generator: torch.Generator, state: dict,
+                        epoch_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write everything needed to resume exactly: weights, Adam state, RNG state, `state` (JSON).
+
+    A mid-epoch checkpoint has `state["batch"]` > 0 (batches of the unfinished epoch done) and
+    passes that epoch's `epoch_tensors` (its permutation and partial loss sums); `load_training_state`
+    hands them back under the key "epoch_tensors".
+    """
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"epoch.{k}": v for k, v in (epoch_tensors or {}).items()})
     opt = optimizer.state_dict()
     for index, per_param in opt["state"].items():
         for key, value in per_param.items():
@@ -225,6 +273,13 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
         raise CheckpointError(f"{path}: not a training checkpoint")
     if "rng" not in tensors:
         raise CheckpointError(f"{path}: RNG state missing; cannot resume exactly")
+    state = meta["state"]
+    if state.get("batch", 0) > 0:
+        epoch_tensors = {k[len("epoch."):]: v for k, v in tensors.items() if k.startswith("epoch.")}
+        if set(epoch_tensors) != {"perm", "sums"}:
+            raise CheckpointError(f"{path}: mid-epoch checkpoint without the epoch's permutation and sums; "
+                                  "cannot resume exactly")
+        state["epoch_tensors"] = epoch_tensors
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -240,12 +295,58 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
         generator.set_state(tensors["rng"])
     except (ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer or RNG state does not fit this run ({e})") from None
-    return meta["state"]
+    return state
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """Rewrite metrics.jsonl from the checkpoint's history (so resume never duplicates lines)."""
     atomic_write(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def append_timing(run_dir: Path, record: dict) -> None:
+    """Add one line to timing.jsonl, atomically like every other file (a rewrite: the file is tiny)."""
+    path = Path(run_dir) / TIMING_FILE
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write(path, old + (json.dumps(record) + "\n").encode())
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock() on RUN_DIR/.lock; RunInUseError if another process holds it.
+
+    The operating system drops the lock when its process ends, however it ends, so a crashed or
+    killed run never leaves the directory locked; the file itself stays behind, harmlessly. Opening
+    the lock file is also the first write into the directory, so an unwritable directory fails here,
+    before any training. Where fcntl does not exist (Windows) no lock is taken.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write to the run directory ({e.strerror})", str(run_dir)) from None
+    with f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise RunInUseError(f"{run_dir} is in use: {holder} is training in it; wait for it to finish "
+                                    "or use another directory") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"vaelab process {os.getpid()}\n")  # only for the message above
+            f.flush()
+        yield
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Delete the trainer's `.NAME.*.tmp` files that a killed process left; call holding `run_lock`."""
+    run_dir = Path(run_dir)
+    stale = [run_dir.glob(f".{name}.*.tmp") for name in (CONFIG_FILE, MODEL_FILE, METRICS_FILE, TIMING_FILE)]
+    stale.append((run_dir / CHECKPOINT_DIR).glob(".step-*.tmp"))
+    for tmp in (path for paths in stale for path in paths):
+        tmp.unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -290,6 +290,20 @@ class PixelData:
         x = self.train[idx]  # (B, 784)
         return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
 
+    def check(self) -> None:
+        """DataError unless every pixel is a finite intensity in [0, 1], as the Bernoulli model needs.
+
+        Files from disk always pass (uint8 / 255); this guards data built in code, where a NaN would
+        otherwise surface as a non-finite loss or a failed Bernoulli draw far from its cause.
+        """
+        for split in ("train", "valid", "test"):
+            x = getattr(self, split)  # (N, P)
+            bad = ~((x >= 0) & (x <= 1)).all(-1)  # NaN fails both comparisons
+            if bad.any():
+                i = int(bad.nonzero()[0, 0])
+                raise DataError(f"{split} image {i}: pixel values must be finite and in [0, 1] "
+                                f"(found NaN, infinity or a value outside)")
+
     def to(self, device: torch.device) -> PixelData:
         return PixelData(self.train.to(device), self.valid.to(device), self.test.to(device), self.binarize,
                          self.splits)

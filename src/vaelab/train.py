@@ -3,15 +3,24 @@ best and last checkpoints, exact resume.
 
 All randomness of a run (shuffling, dynamic binarization, the VAE noise) comes from one
 torch.Generator whose state is saved in every checkpoint, so 2 + 2 epochs equal 4 epochs bit for bit.
+
+Faults: a killed run resumes from its last checkpoint (files are written atomically); Ctrl-C saves a
+mid-epoch checkpoint (with the epoch's permutation and partial sums) and stops; a second process
+training in the same directory is refused (`checkpoint.run_lock`). σ is not clamped: a clamp would
+change the paper objective wherever it binds and hide a diverging run. Instead the first non-finite
+loss (exp(σ) overflows float32 above σ ≈ 88.7) stops training, naming epoch and step, before the
+update reaches the weights or a checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +31,15 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (
     CONFIG_FILE,
-    TIMING_FILE,
+    MODEL_FILE,
     CheckpointError,
+    append_timing,
+    checkpoint_paths,
     load_config,
     load_training_state,
+    read_metrics,
+    remove_stale_temp_files,
+    run_lock,
     save_config,
     save_model,
     save_training_state,
@@ -36,9 +50,47 @@ from .data import PixelData, load_splits, pixel_data
 from .models import PCA, build_model
 from .objectives import OBJECTIVES, evaluate_objective
 
+TERMS = ("loss", "reconstruction", "regularizer")  # per-example terms summed into the train_* metrics
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the message names the epoch and step."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training after saving a checkpoint; the message says how to resume.
+
+    Not a KeyboardInterrupt: typer would swallow that into a bare exit code, losing the message."""
+
+
+class _StopRequest:
+    """SIGINT handler for the training loop. The first Ctrl-C asks the loop to save a checkpoint at
+    the next step boundary and stop; a second one interrupts at once (atomic writes keep files whole).
+    It prints nothing: writing to stderr from a handler can collide with the progress bar's write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    # Only the main thread may set handlers; a process started with SIGINT ignored (nohup, a
+    # background job) keeps ignoring it.
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield stop
+        return
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -94,13 +146,23 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     (before anything is written, so a data error leaves no half-made run directory).
     """
     out = Path(out)
+    taken = f"{out} already holds a run; resume it with --resume {out} or choose another --out"
     if (out / CONFIG_FILE).exists():
-        raise CheckpointError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
+        with run_lock(out):  # a run still training there is reported as in use
+            pass
+        raise CheckpointError(taken)
     dev = resolve_device(device)
     data = data if data is not None else load_data(config, data_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, config, version=__version__)
-    return _fit(config, out, data=data, device=dev, resume=False, progress=progress, log=log)
+    data.check()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the run directory ({e.strerror})", str(out)) from None
+    with run_lock(out):  # also the first write: an unwritable directory fails here, before training
+        if (out / CONFIG_FILE).exists():  # another process started a run here while we loaded data
+            raise CheckpointError(taken)
+        save_config(out, config, version=__version__)
+        return _fit(config, out, data=data, device=dev, resume=False, progress=progress, log=log)
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | None = None,
@@ -111,15 +173,19 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
     Resuming a finished run is a no-op that returns its result.
     """
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    if epochs is not None and epochs != config.epochs:
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
-        config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
-        save_config(run_dir, config, version=__version__)
-    dev = resolve_device(device)
-    data = data if data is not None else load_data(config, data_dir)
-    return _fit(config, run_dir, data=data, device=dev, resume=True, progress=progress, log=log)
+    load_config(run_dir)  # a clear error for a missing or foreign directory before locking it
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    with run_lock(run_dir):
+        remove_stale_temp_files(run_dir)
+        config = load_config(run_dir)
+        if epochs is not None and epochs != config.epochs:
+            config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
+            save_config(run_dir, config, version=__version__)
+        dev = resolve_device(device)
+        data = data if data is not None else load_data(config, data_dir)
+        data.check()
+        return _fit(config, run_dir, data=data, device=dev, resume=True, progress=progress, log=log)
 
 
 def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, resume: bool,
@@ -132,19 +198,39 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     generator = torch.Generator(device=device).manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf}
     if resume:
-        state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
+        if checkpoint_paths(run_dir) or (run_dir / MODEL_FILE).exists() or read_metrics(run_dir):
+            state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
+        else:  # stopped before its first checkpoint: starting over is exact (everything is seeded)
+            log(f"{run_dir}: no checkpoint yet; starting from epoch 1")
         write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     objective = OBJECTIVES[config.objective]
     n = len(data.train)
     n_batches = math.ceil(n / config.batch_size)
+    with _stop_on_sigint() as stop:
+        return _epochs(config, run_dir, model=model, optimizer=optimizer, generator=generator, state=state,
+                       data=data, objective=objective, n_batches=n_batches, stop=stop, progress=progress,
+                       log=log)
+
+
+def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, state: dict, data: PixelData, objective: Callable,
+            n_batches: int, stop: _StopRequest, progress: bool | None,
+            log: Callable[[str], None]) -> TrainResult:
+    """The epoch loop of `_fit`, from `state` (possibly a mid-epoch checkpoint) to `config.epochs`."""
+    n, device = len(data.train), data.train.device
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=generator, device=device)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr,
-                   disable=None if progress is None else not progress)
-        for i in range(n_batches):
+        first = state.pop("batch", 0)  # batches of this epoch done before a Ctrl-C checkpoint
+        partial = state.pop("epoch_tensors", None)
+        if partial is not None:
+            perm, sums = partial["perm"].to(device), partial["sums"].to(device)
+        else:
+            perm = torch.randperm(n, generator=generator, device=device)
+            sums = torch.zeros(3, dtype=torch.float64, device=device)
+        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   file=sys.stderr, disable=None if progress is None else not progress)
+        for i in range(first, n_batches):
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
             x = data.train_batch(idx, generator)  # (B, P)
             terms = objective(model, x, beta=config.beta, generator=generator)
@@ -159,10 +245,18 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                sums += torch.stack([terms[k].detach().sum() for k in ("loss", "reconstruction", "regularizer")]).double()
+                sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
+            state["step"] += 1
             bar.update()
+            if stop.requested and i + 1 < n_batches:  # (on the last step, finish the epoch instead)
+                bar.close()
+                with _saving(epoch, run_dir):
+                    path = save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator,
+                                               state={**state, "batch": i + 1},
+                                               epoch_tensors={"perm": perm, "sums": sums})
+                raise TrainingInterrupted(f"interrupted at epoch {epoch}, step {i + 1} of {n_batches}; saved "
+                                          f"{path}. Resume with: vaelab train --resume {run_dir}")
         bar.close()
-        state["step"] += n_batches
         train_means = (sums / n).tolist()
         valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
         if not math.isfinite(valid["loss"]):
@@ -174,17 +268,32 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
                   **{f"valid_{k}": v for k, v in valid.items()}}
         state["history"].append(record)
         state["epoch"] = epoch
-        if valid["loss"] < state["best_valid_loss"]:
-            state["best_valid_loss"], state["best_epoch"] = valid["loss"], epoch
-            save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
-        save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
-        write_metrics(run_dir, state["history"])
-        seconds = time.perf_counter() - started
-        with open(run_dir / TIMING_FILE, "a") as f:  # wall time kept apart so metrics stay deterministic
-            f.write(json.dumps({"epoch": epoch, "seconds": round(seconds, 3)}) + "\n")
+        with _saving(epoch, run_dir):
+            if valid["loss"] < state["best_valid_loss"]:
+                state["best_valid_loss"], state["best_epoch"] = valid["loss"], epoch
+                save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
+            save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
+            write_metrics(run_dir, state["history"])
+            seconds = time.perf_counter() - started
+            # Wall time is kept apart so that metrics.jsonl stays deterministic.
+            append_timing(run_dir, {"epoch": epoch, "seconds": round(seconds, 3)})
         log(f"epoch {epoch}/{config.epochs}  train loss {train_means[0]:.2f}  valid loss {valid['loss']:.2f} "
             f"nats/image  ({seconds:.1f} s)")
+        if stop.requested:
+            raise TrainingInterrupted(f"interrupted after epoch {epoch}; saved its checkpoint. "
+                                      f"Resume with: vaelab train --resume {run_dir}")
     return TrainResult(run_dir, state["epoch"], state["best_epoch"], state["best_valid_loss"], state["history"])
+
+
+@contextmanager
+def _saving(epoch: int, run_dir: Path) -> Iterator[None]:
+    """Around checkpoint writes: an OSError (disk full, ...) is re-raised saying what is intact."""
+    try:
+        yield
+    except OSError as e:
+        message = (f"{e.strerror}; training stopped in epoch {epoch}. Files already written are intact: "
+                   f"free space, then resume with: vaelab train --resume {run_dir}")
+        raise OSError(e.errno, message, e.filename) from None
 
 
 def _fit_pca(config: RunConfig, run_dir: Path, model: PCA, data: PixelData,
