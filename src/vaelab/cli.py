@@ -19,7 +19,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .config import DEFAULT_OBJECTIVE, ConfigError, RunConfig, parse_hidden
 from .data import DataError
-from .train import NonFiniteLossError
+from .train import NonFiniteLossError, TrainingInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -135,7 +135,11 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping every known error to one line on stderr."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
+            _fail("interrupted", 130)
+        if code:
+            sys.exit(code)
     except click.exceptions.NoArgsIsHelpError as e:
         print(e.format_message(), file=sys.stderr)
         sys.exit(USAGE)
@@ -145,8 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except (UsageProblem, ConfigError, CheckpointError, ValueError) as e:
         _fail(str(e), USAGE)
-    except (DataError, NonFiniteLossError, OSError) as e:
+    except OSError as e:  # e.g. disk full: "PATH: No space left on device", not "[Errno 28] ..."
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), FAILURE)
+    except (DataError, NonFiniteLossError) as e:
         _fail(str(e), FAILURE)
+    except TrainingInterrupted as e:  # Ctrl-C during training: a checkpoint was saved
+        print(f"vaelab: {e}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 
