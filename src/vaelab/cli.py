@@ -126,6 +126,30 @@ def sample(
     typer.echo(f"wrote {n} samples to {output}")
 
 
+@app.command(epilog="Examples: vaelab reproduce --quick;  vaelab reproduce --seeds 5 --epochs 200 --out report/")
+def reproduce(
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budget (about a minute): 1 seed, 3 epochs, "
+                                        "the first 10000 training images")] = False,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per model and latent dim  [default: 3; quick: 1]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run  [default: 10; quick: 3]")] = None,
+    latent_dims: Annotated[str, typer.Option(help="Latent dimensions, comma-separated  [default: 1,2]",
+                                             show_default=False)] = "1,2",
+    out: Annotated[Path, typer.Option(help="Report directory; runs go to OUT/runs/  [default: report]",
+                                      show_default=False)] = Path("report"),
+    force: Annotated[bool, typer.Option("--force", help="Retrain runs that already exist")] = False,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
+    results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
+    from .reproduce import make_settings, parse_latent_dims
+    from .reproduce import reproduce as run_reproduce
+
+    settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims))
+    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device)
+    typer.echo(f"wrote {index} (table: {out / 'results.md'})")
+
+
 @app.command()
 def version() -> None:
     """Print the vaelab version."""

@@ -1,4 +1,8 @@
-"""Figures as PNG files, one function per figure; matplotlib's object API only (no pyplot state)."""
+"""Figures as PNG files, one function per figure; matplotlib's object API only (no pyplot state).
+
+The report's figures (`FIGURES`) take arrays already computed from the runs (codes, decodes) and a
+path; `vaelab.reproduce.make_figures` computes the arrays. Images are (N, 784) in [0, 1].
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,27 @@ import io
 import math
 from pathlib import Path
 
+import matplotlib
+import matplotlib.lines
+import matplotlib.patches
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from .checkpoint import atomic_write
+from .config import RunConfig
+
+# The report's figures, in reading order: name -> what it shows (the file is figures/<name>.png).
+FIGURES = {
+    "structure": "the VAE of eq. (2)-(3) drawn from its config (the paper's Figure 1)",
+    "curves": "training and validation loss per epoch",
+    "reconstructions": "test digits and their mean reconstructions",
+    "samples": "decodes of random codes: prior samples (VAE) and random codes (PCA, autoencoder)",
+    "latent": "the test set in latent space, coloured by digit",
+    "manifold": "the learned manifold: decodes at Gaussian quantiles",
+    "interpolation": "decodes along the line between the codes of two test digits",
+}
+DIGIT_COLORS = "tab10"  # one colour per digit class in the latent-space figure
 
 
 def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: int = 2) -> np.ndarray:
@@ -27,9 +47,13 @@ def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: i
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
-    """Render `fig` to PNG and write it atomically."""
+    """Render `fig` to PNG and write it atomically.
+
+    The PNG is exactly figsize x dpi pixels (no tight bounding box), so its size is known in advance;
+    the figures below use matplotlib's constrained layout to keep labels inside.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)
     atomic_write(Path(path), buffer.getvalue())
 
 
@@ -43,3 +67,233 @@ def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     atomic_write(Path(path), buffer.getvalue())
+
+
+def _image_rows(ax, rows: list[tuple[str, torch.Tensor]], *, ncols: int) -> np.ndarray:
+    """Draw labelled rows of images (each (<= ncols, 784)) as one tiled image on `ax`; returns the array."""
+    side, pad = 28, 2
+    blocks = []
+    for _, images in rows:
+        images = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images, dtype=np.float32)
+        padded = np.full((ncols, side * side), np.nan, dtype=np.float32)  # NaN: an empty cell, drawn white
+        padded[:len(images)] = images.reshape(len(images), -1)
+        blocks.append(tile(padded, nrow=ncols, side=side, pad=pad)[:-pad])
+    grid = np.concatenate(blocks + [np.ones((pad, blocks[0].shape[1]), dtype=np.float32)], axis=0)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([pad + r * (side + pad) + side / 2 for r in range(len(rows))], [label for label, _ in rows])
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return grid
+
+
+def vae_structure(config: RunConfig, path: str | Path) -> None:
+    """The paper's Figure 1 from an actual config: encoder x -> hidden -> (m, σ); noise e ~ N(0, 1);
+    c = exp(σ)·e + m (eq. 2); decoder c -> hidden -> Bernoulli logits; the loss of eq. (3). 1300 x 480 px."""
+    fig = Figure(figsize=(13, 4.8), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    hidden, d, p = list(config.hidden), config.latent_dim, config.n_pixels
+    step, width = 1.55, 1.15
+    biggest = max([p, *hidden])
+
+    def height(n: int) -> float:
+        return 0.55 + 2.2 * math.sqrt(n / biggest)
+
+    def box(col: float, y: float, n: int | None, text: str, color: str, h: float | None = None) -> tuple:
+        x = col * step
+        h = h if h is not None else height(n)
+        ax.add_patch(matplotlib.patches.FancyBboxPatch((x - width / 2, y - h / 2), width, h,
+                                                       boxstyle="round,pad=0.03", fc=color, ec="black", lw=1))
+        ax.text(x, y, text, ha="center", va="center", fontsize=9.5)
+        return (x, y, h)
+
+    def arrow(a: tuple, b: tuple, **kw) -> None:
+        ax.annotate("", xy=(b[0] - width / 2, b[1]), xytext=(a[0] + width / 2, a[1]),
+                    arrowprops=dict(arrowstyle="-|>", color="black", lw=1.1, shrinkA=2, shrinkB=2, **kw))
+
+    enc_color, code_color, noise_color, dec_color = "#cfe2f3", "#fde9b3", "#e3d3f0", "#d5ecd4"
+    nodes = [box(0, 0, p, f"x\n{p} pixels", "#eeeeee")]
+    for i, h in enumerate(hidden):
+        nodes.append(box(1 + i, 0, h, f"Linear + ReLU\n{h}", enc_color))
+    col = len(hidden) + 1
+    m = box(col, 1.05, d, f"m\n{d}", code_color, h=height(d) + 0.3)
+    s = box(col, -1.05, d, f"σ\n{d}", code_color, h=height(d) + 0.3)
+    arrow(nodes[-1], m)
+    arrow(nodes[-1], s)
+    noise = box(col + 1, -1.05, d, "exp(σ)·e", noise_color, h=height(d) + 0.3)
+    e = box(col + 1, -2.35, d, f"e ~ N(0, 1)\n{d}", noise_color, h=height(d) + 0.3)
+    arrow(s, noise)
+    ax.annotate("", xy=(e[0], noise[1] - noise[2] / 2), xytext=(e[0], e[1] + e[2] / 2),
+                arrowprops=dict(arrowstyle="-|>", color="black", lw=1.1))
+    c = box(col + 2, 0, d, f"c\n{d}", code_color, h=height(d) + 0.5)
+    ax.text(c[0], c[2] / 2 + 0.15, "c = m + exp(σ)·e", ha="center", va="bottom", fontsize=9.5)
+    ax.annotate("", xy=(c[0] - width / 2, c[1] + 0.15), xytext=(m[0] + width / 2, m[1]),
+                arrowprops=dict(arrowstyle="-|>", color="black", lw=1.1))
+    ax.annotate("", xy=(c[0] - width / 2, c[1] - 0.15), xytext=(noise[0] + width / 2, noise[1]),
+                arrowprops=dict(arrowstyle="-|>", color="black", lw=1.1))
+    prev = c
+    for i, h in enumerate(reversed(hidden)):
+        node = box(col + 3 + i, 0, h, f"Linear + ReLU\n{h}", dec_color)
+        arrow(prev, node)
+        prev = node
+    out = box(col + 3 + len(hidden), 0, p, f"Bernoulli\nlogits\n{p}", dec_color)
+    arrow(prev, out)
+    for a, b in zip(nodes[:-1], nodes[1:], strict=True):
+        arrow(a, b)
+    top = height(biggest) / 2 + 0.35
+    ax.text(step * (len(hidden) + 1) / 2 + step / 2, top, "encoder", ha="center", fontsize=11, weight="bold")
+    ax.text(step * (col + 3 + len(hidden) / 2), top, "decoder", ha="center", fontsize=11, weight="bold")
+    ax.text(step * (col + 1), 2.25, f"eq. (2): noise = exp(σ)·e, c = noise + m   (latent dimension {d})",
+            ha="center", fontsize=10)
+    ax.text(c[0] - width / 2, -2.35,
+            "loss = −log p(x | c)  +  Σᵢ (exp(σᵢ) − (1 + σᵢ) + mᵢ²)     eq. (3)\n"
+            f"−log p(x | c): Bernoulli, summed over the {p} pixels\n"
+            f"Σᵢ: over the {d} code dimensions",
+            ha="left", va="center", fontsize=10)
+    ax.set_xlim(-step / 2 - 0.2, step * (col + 3 + len(hidden)) + step / 2 + 0.2)
+    ax.set_ylim(-3.0, 2.6)
+    save_figure(fig, path)
+
+
+def training_curves(curves: dict[tuple[str, int], list[list[dict]]], path: str | Path) -> None:
+    """Loss per epoch (nats per image): one panel per (model label, latent dim) -> a list of metrics.jsonl
+    histories (one per seed); validation solid, training dashed. 4 x 3 inches per panel at 100 dpi."""
+    labels = list(dict.fromkeys(label for label, _ in curves))
+    dims = sorted({dim for _, dim in curves})
+    fig = Figure(figsize=(4 * len(labels), 3 * len(dims)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(dims), len(labels), squeeze=False)
+    for r, dim in enumerate(dims):
+        for c, label in enumerate(labels):
+            ax = axes[r][c]
+            for s, history in enumerate(curves.get((label, dim), [])):
+                epochs = [h["epoch"] for h in history]
+                kw = dict(marker="o", markersize=3, lw=1.2)
+                ax.plot(epochs, [h["valid_loss"] for h in history], color="C0",
+                        label="validation" if s == 0 else None, **kw)
+                ax.plot(epochs, [h["train_loss"] for h in history], color="C1", ls="--",
+                        label="training" if s == 0 else None, **kw)
+            ax.set_title(f"{label}, z={dim}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("loss (nats per image)")
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def reconstructions(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: str | Path) -> None:
+    """Test digits (N, 784) in the first row, then one row of mean reconstructions per (label, images)."""
+    all_rows = [("test digits", originals), *rows]
+    n = len(originals)
+    fig = Figure(figsize=(2.6 + 0.42 * n, 0.42 * len(all_rows) + 0.3), dpi=100, layout="constrained")
+    _image_rows(fig.add_subplot(), all_rows, ncols=n)
+    save_figure(fig, path)
+
+
+def samples(panels: list[list[tuple[str, torch.Tensor]]], path: str | Path) -> None:
+    """A grid of panels (rows of (title, images (n, 784))), each panel a square tile of its images."""
+    n_rows, n_cols = len(panels), max(len(row) for row in panels)
+    fig = Figure(figsize=(3.2 * n_cols, 3.4 * n_rows), dpi=100, layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, row in enumerate(panels):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_axis_off()
+            if c < len(row):
+                title, images = row[c]
+                ax.imshow(tile(images, nrow=math.ceil(math.sqrt(len(images)))), cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+                ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def latent_space(rows: list[tuple[str, list[tuple[int, torch.Tensor]]]], labels: torch.Tensor,
+                 path: str | Path) -> None:
+    """Codes of the test set coloured by digit: rows of (model label, [(latent dim, codes (N, D))]).
+
+    D = 1: a strip per digit (code on x, digit on y, jittered); D >= 2: a scatter of the first two code
+    dimensions. 4.6 x 3.3 inches per panel.
+    """
+    labels = np.asarray(labels)
+    n_cols = max(len(panels) for _, panels in rows)
+    fig = Figure(figsize=(4.6 * n_cols, 3.3 * len(rows) + 0.5), dpi=100, layout="constrained")
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    colors = matplotlib.colormaps[DIGIT_COLORS](labels % 10)
+    jitter = np.random.default_rng(0).uniform(-0.35, 0.35, len(labels))  # fixed, so figures are reproducible
+    for r, (label, panels) in enumerate(rows):
+        for c, (dim, codes) in enumerate(panels):
+            ax = axes[r][c]
+            codes = np.asarray(codes, dtype=np.float64)
+            if dim == 1:
+                ax.scatter(codes[:, 0], labels + jitter, c=colors, s=1.5, alpha=0.5, linewidths=0,
+                           rasterized=True)
+                ax.set_yticks(range(10))
+                ax.set_ylabel("digit")
+                ax.set_xlabel("code c")
+            else:
+                ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=1.5, alpha=0.5, linewidths=0, rasterized=True)
+                ax.set_xlabel("c₁")
+                ax.set_ylabel("c₂")
+            ax.set_title(f"{label}, z={dim}", fontsize=10)
+            ax.grid(alpha=0.3)
+    cmap = matplotlib.colormaps[DIGIT_COLORS]
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", color=cmap(d), label=str(d)) for d in range(10)]
+    fig.legend(handles=handles, loc="outside upper center", ncols=10, title="digit", fontsize=9)
+    save_figure(fig, path)
+
+
+def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch.Tensor, path: str | Path) -> None:
+    """Decodes at the Gaussian quantiles `quantiles` (K,) per model: {2: (K*K, 784) grid, row-major with
+    c₂ decreasing down the rows and c₁ increasing along them; 1: (K, 784) strip}. One column per model."""
+    k = len(quantiles)
+    fig = Figure(figsize=(5.6 * len(panels), 7.0), dpi=100, layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[k, 1.6])
+    side, pad = 28, 2
+    centers = [pad + i * (side + pad) + side / 2 for i in range(k)]
+    ticks = list(range(0, k, max(1, k // 5)))
+    q = [f"{float(v):.2f}" for v in quantiles]
+    for c, (label, decodes) in enumerate(panels):
+        top, bottom = axes[0][c], axes[1][c]
+        for ax in (top, bottom):
+            ax.set_axis_off()
+        if 2 in decodes:
+            top.set_axis_on()
+            top.imshow(tile(decodes[2], nrow=k), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            top.set_xticks([centers[i] for i in ticks], [q[i] for i in ticks])
+            top.set_yticks([centers[i] for i in ticks], [q[k - 1 - i] for i in ticks])
+            top.set_xlabel("c₁")
+            top.set_ylabel("c₂")
+            top.set_title(f"{label}, z=2", fontsize=10)
+        if 1 in decodes:
+            bottom.set_axis_on()
+            bottom.imshow(tile(decodes[1], nrow=k), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            bottom.set_xticks([centers[i] for i in ticks], [q[i] for i in ticks])
+            bottom.set_yticks([])
+            bottom.set_xlabel("c")
+            bottom.set_title(f"{label}, z=1", fontsize=10)
+    save_figure(fig, path)
+
+
+def interpolation(first: torch.Tensor, last: torch.Tensor, rows: list[tuple[str, torch.Tensor]],
+                  path: str | Path, *, mid_index: int, classes: tuple[int, int]) -> None:
+    """Decodes along the line from α1 to α2 (one row (S, 784) per model), the two test digits above
+    them at the ends, and the midpoint (α1 + α2)/2 (column `mid_index`) framed in red."""
+    n = len(rows[0][1])
+    header = torch.full((n, first.numel()), float("nan"))
+    header[0], header[-1] = first, last
+    all_rows = [(f"test digits ({classes[0]}, {classes[1]})", header), *rows]
+    fig = Figure(figsize=(2.8 + 0.46 * n, 0.46 * len(all_rows) + 0.7), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    grid = _image_rows(ax, all_rows, ncols=n)
+    side, pad = 28, 2
+    x0 = pad + mid_index * (side + pad) - 1.5
+    y0 = pad + (side + pad) - 1.5
+    ax.add_patch(matplotlib.patches.Rectangle((x0, y0), side + 2, grid.shape[0] - y0 - pad + 0.5, fill=False,
+                                              ec="red", lw=1.8))
+    ax.set_xticks([pad + i * (side + pad) + side / 2 for i in (0, mid_index, n - 1)],
+                  ["α1", "(α1 + α2)/2", "α2"])
+    ax.xaxis.tick_top()
+    save_figure(fig, path)

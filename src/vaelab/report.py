@@ -1,0 +1,478 @@
+"""The results table and the report, built from saved run directories alone.
+
+`COLUMNS` is the one place that says which numbers the table holds and where each comes from
+(`metrics.jsonl` or `evaluation.json` of a run); rows aggregate runs over seeds (mean ± sample std).
+The report (index.md and a self-contained index.html) is a list of blocks rendered to both formats;
+its discussion is written by code from the measured numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import atomic_write, load_config, read_json, read_metrics, write_json
+from .config import RunConfig
+from .figures import FIGURES
+
+MODEL_LABELS = {("pca", "squared-error"): "PCA", ("autoencoder", "reconstruction"): "autoencoder",
+                ("vae", "paper"): "VAE (paper)", ("vae", "elbo"): "VAE (ELBO)"}
+
+
+@dataclass
+class RunRecord:
+    """What the table needs from one run directory."""
+
+    name: str
+    config: RunConfig
+    history: list[dict]  # metrics.jsonl
+    evaluation: dict  # evaluation.json
+
+    @property
+    def label(self) -> str:
+        return MODEL_LABELS.get((self.config.model, self.config.objective),
+                                f"{self.config.model} ({self.config.objective})")
+
+
+def load_record(run_dir: str | Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    return RunRecord(run_dir.name, load_config(run_dir), read_metrics(run_dir), read_json(run_dir / "evaluation.json"))
+
+
+def best_validation(record: RunRecord) -> tuple[float, int]:
+    """(lowest validation loss, its epoch) over the run's epochs, from metrics.jsonl (first epoch on ties)."""
+    best = min(record.history, key=lambda h: h["valid_loss"])
+    return best["valid_loss"], best["epoch"]
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # name in results.csv / results.json
+    header: str  # table header
+    value: Callable[[RunRecord], float | None]  # one run's number; None where it does not apply
+    description: str  # what it is, with units (shown under the table)
+    decimals: int = 2
+    integer: bool = False  # shown as the range over seeds (an epoch), not mean ± std
+
+
+def _bernoulli(get: Callable[[RunRecord], float]) -> Callable[[RunRecord], float | None]:
+    """Nats columns: PCA has no Bernoulli likelihood (it decodes to pixel values), so it gets none."""
+    return lambda r: None if r.config.objective == "squared-error" else get(r)
+
+
+def _test(term: str) -> Callable[[RunRecord], float]:
+    return lambda r: r.evaluation["test"][term]
+
+
+# The table's columns, in order. Further columns (e.g. from new keys of evaluation.json) are added here.
+COLUMNS: list[Column] = [
+    Column("min_valid_loss", "min. validation loss", _bernoulli(lambda r: best_validation(r)[0]),
+           "the paper's number: the lowest validation loss of the run's own objective over its epochs "
+           "(metrics.jsonl), nats per image"),
+    Column("best_epoch", "at epoch", _bernoulli(lambda r: best_validation(r)[1]),
+           "the epoch of that minimum (range over seeds); its weights are the run's model.safetensors",
+           integer=True),
+    Column("test_loss", "test loss", _bernoulli(_test("loss")),
+           "the objective on the test set with those weights (evaluation.json), nats per image"),
+    Column("test_reconstruction", "test reconstruction", _bernoulli(_test("reconstruction")),
+           "its Bernoulli reconstruction term −log p(x | c), nats per image (VAEs: c drawn with their noise)"),
+    Column("test_regularizer", "test regulariser", _bernoulli(_test("regularizer")),
+           "its regulariser: eq. (3)'s penalty (paper) or KL(q ‖ N(0, I)) (ELBO), nats per image"),
+    Column("test_squared_error", "test squared error", _test("squared_error"),
+           "Σ over pixels of (mean decode − x)², per test image: the one metric every model, PCA "
+           "included, is scored on"),
+]
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+def results_rows(records: list[RunRecord], columns: list[Column] = COLUMNS) -> list[dict]:
+    """One row per (model, objective, latent dim), in first-seen order, aggregating its seeds.
+
+    Each cell: {"mean", "std" (sample std; None for one seed), "values" (per seed)}, or None where
+    the column does not apply.
+    """
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.config.model, r.config.objective, r.config.latent_dim), []).append(r)
+    rows = []
+    for (model, objective, latent_dim), group in groups.items():
+        group = sorted(group, key=lambda r: r.config.seed)
+        cells = {}
+        for col in columns:
+            values = [col.value(r) for r in group]
+            if any(v is None for v in values):
+                cells[col.key] = None
+                continue
+            cells[col.key] = {"mean": statistics.fmean(values),
+                              "std": statistics.stdev(values) if len(values) > 1 else None,
+                              "values": values}
+        rows.append({"model": model, "objective": objective, "label": group[0].label, "latent_dim": latent_dim,
+                     "seeds": [r.config.seed for r in group], "runs": [r.name for r in group], "cells": cells})
+    return rows
+
+
+def format_cell(col: Column, cell: dict | None) -> str:
+    if cell is None:
+        return "—"
+    if col.integer:
+        lo, hi = int(min(cell["values"])), int(max(cell["values"]))
+        return str(lo) if lo == hi else f"{lo}–{hi}"
+    text = f"{cell['mean']:.{col.decimals}f}"
+    return text if cell["std"] is None else f"{text} ± {cell['std']:.{col.decimals}f}"
+
+
+def table_cells(rows: list[dict], columns: list[Column] = COLUMNS) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "latent dim", *[c.header for c in columns]]
+    body = [[row["label"], str(row["latent_dim"]), *[format_cell(c, row["cells"][c.key]) for c in columns]]
+            for row in rows]
+    return header, body
+
+
+def write_results(out: Path, rows: list[dict], columns: list[Column] = COLUMNS) -> None:
+    """results.md, results.csv and results.json in `out` (deterministic: no timings in them)."""
+    header, body = table_cells(rows, columns)
+    summary, notes = table_notes(rows, columns)
+    text = _markdown_table(header, body) + "\n" + summary + "\n\n" + "".join(f"- {n}\n" for n in notes)
+    atomic_write(out / "results.md", text.encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "objective", "latent_dim", "n_seeds",
+                     *[f"{c.key}_{stat}" for c in columns for stat in ("mean", "std")]])
+    for row in rows:
+        stats = []
+        for c in columns:
+            cell = row["cells"][c.key]
+            if cell is None:
+                stats += ["", ""]
+            else:
+                stats += [repr(cell["mean"]), "" if cell["std"] is None else repr(cell["std"])]
+        writer.writerow([row["model"], row["objective"], row["latent_dim"], len(row["seeds"]), *stats])
+    atomic_write(out / "results.csv", buffer.getvalue().encode())
+    write_json(out / "results.json", {
+        "columns": [{"key": c.key, "header": c.header, "description": c.description} for c in columns],
+        "rows": rows,
+    })
+
+
+def table_notes(rows: list[dict], columns: list[Column] = COLUMNS) -> tuple[str, list[str]]:
+    """(a sentence on how rows aggregate seeds, one line per column saying what it is)."""
+    n = sorted({len(r["seeds"]) for r in rows})
+    spread = ("± is the sample standard deviation over seeds" if max(n) > 1
+              else "one seed per row, so no spread over seeds is given")
+    summary = (f"Mean over {' or '.join(map(str, n))} seed(s) per row; {spread}. —: does not apply "
+               "(PCA is fit in closed form to squared error and has no Bernoulli likelihood).")
+    return summary, [f"**{c.header}**: {c.description}." for c in columns]
+
+
+# --- the discussion, from the numbers ------------------------------------------------------------
+
+def _find(rows: list[dict], model: str, objective: str, dim: int) -> dict | None:
+    return next((r for r in rows if (r["model"], r["objective"], r["latent_dim"]) == (model, objective, dim)), None)
+
+
+def _num(cell: dict, decimals: int = 2) -> str:
+    return f"{cell['mean']:.{decimals}f}" + ("" if cell["std"] is None else f" ± {cell['std']:.{decimals}f}")
+
+
+def _resolved(a: dict, b: dict) -> bool | None:
+    """True if two cells' means differ by more than the sum of their seed spreads; None with one seed."""
+    if a["std"] is None or b["std"] is None:
+        return None
+    return abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
+
+
+def discussion(rows: list[dict], *, epochs: int, code_stats: dict | None = None) -> list[str]:
+    """Paragraphs that state comparisons computed from the table (and the figure seed's code statistics)."""
+    out = []
+    dims = sorted({r["latent_dim"] for r in rows})
+    paper = [(d, _find(rows, "vae", "paper", d)) for d in dims]
+    paper = [(d, r) for d, r in paper if r is not None]
+    if paper:
+        parts = [f"{_num(r['cells']['min_valid_loss'])} nats per image for latent dimension {d} "
+                 f"(epoch {format_cell(COLUMNS[1], r['cells']['best_epoch'])})" for d, r in paper]
+        out.append("The paper's number. With the paper's objective (eq. 2-3), the minimal validation loss is "
+                   + " and ".join(parts) + ", where the paper writes 000.")
+
+    for d in dims:
+        ranked = sorted((r for r in rows if r["latent_dim"] == d),
+                        key=lambda r: r["cells"]["test_squared_error"]["mean"])
+        if len(ranked) < 2:
+            continue
+        listing = ", ".join(f"{r['label']} {_num(r['cells']['test_squared_error'])}" for r in ranked)
+        first, second = ranked[0], ranked[1]
+        sep = _resolved(first["cells"]["test_squared_error"], second["cells"]["test_squared_error"])
+        if sep is None:
+            verdict = (f"{first['label']} reconstructs best in this single-seed run (no seed-to-seed spread "
+                       "is measured, so the ranking may not hold for other seeds)")
+        elif sep:
+            verdict = (f"{first['label']} reconstructs best, ahead of {second['label']} by more than their "
+                       "spreads over seeds")
+        else:
+            verdict = (f"{first['label']} and {second['label']} reconstruct about equally well: their means "
+                       "differ by less than the sum of their spreads over seeds")
+        out.append(f"Reconstruction, latent dimension {d}. Test squared error of the mean decode per image "
+                   f"(lower is better): {listing}. {verdict}.")
+
+    for d in dims:
+        ae = _find(rows, "autoencoder", "reconstruction", d)
+        vaes = [r for r in (_find(rows, "vae", "paper", d), _find(rows, "vae", "elbo", d)) if r is not None]
+        if ae is None or not vaes:
+            continue
+        a_se, a_rec = ae["cells"]["test_squared_error"], ae["cells"]["test_reconstruction"]
+        parts = []
+        for v in vaes:
+            se, rec, reg = (v["cells"][k] for k in ("test_squared_error", "test_reconstruction", "test_regularizer"))
+            change = (se["mean"] - a_se["mean"]) / a_se["mean"] * 100
+            word = "higher" if change > 0 else "lower"
+            parts.append(f"{v['label']} has {abs(change):.0f}% {word} squared error than the autoencoder "
+                         f"({se['mean']:.2f} vs {a_se['mean']:.2f}), a reconstruction term of "
+                         f"{rec['mean']:.2f} nats (the autoencoder's: {a_rec['mean']:.2f}) and pays a "
+                         f"regulariser of {reg['mean']:.2f} nats")
+        out.append(f"What the VAE's noise costs, latent dimension {d}. " + "; ".join(parts) + ".")
+
+    if code_stats:
+        out.append(_codes_paragraph(code_stats))
+
+    for key, name in (("test_squared_error", "test squared error"), ("min_valid_loss", "minimal validation loss")):
+        lower, higher = [], []
+        for r1 in (r for r in rows if r["latent_dim"] == 1):
+            r2 = _find(rows, r1["model"], r1["objective"], 2)
+            if r2 is None or r1["cells"][key] is None:
+                continue
+            a, b = r1["cells"][key]["mean"], r2["cells"][key]["mean"]
+            (lower if b < a else higher).append(f"{r1['label']} {a:.2f} → {b:.2f}")
+        if lower or higher:
+            text = f"Latent dimension 1 → 2, {name}: "
+            if lower:
+                text += "lower for " + ", ".join(lower)
+            if higher:
+                text += ("; " if lower else "") + "higher for " + ", ".join(higher)
+            out.append(text + ".")
+
+    still = [f"{r['label']} z={r['latent_dim']}" for r in rows
+             if r["cells"]["best_epoch"] is not None and max(r["cells"]["best_epoch"]["values"]) == epochs]
+    if still:
+        out.append(f"Training budget. In {len(still)} of {len(rows)} rows ({', '.join(still)}) the lowest "
+                   f"validation loss of at least one seed came in the last of the {epochs} epochs: those "
+                   "runs were still improving, and more epochs (`--epochs`) may lower their numbers.")
+    if any(r["objective"] == "paper" for r in rows) and any(r["objective"] == "elbo" for r in rows):
+        out.append("The two VAE losses are not on one scale: eq. (2) samples c with standard deviation "
+                   "exp(σ), while eq. (3)'s penalty equals 2·KL(q ‖ N(0, I)) only when σ is a log-variance. "
+                   "So the paper's loss is not the negative ELBO, and the VAE (paper) and VAE (ELBO) loss "
+                   "columns should not be compared with each other; the squared error compares them.")
+    return out
+
+
+def _codes_paragraph(code_stats: dict) -> str:
+    """code_stats: label -> {"dim", "seed", "std" (D,), "inside" (share of test codes with all |c_i| < 1.96)}."""
+    parts = []
+    for label, s in code_stats.items():
+        stds = ", ".join(f"{v:.2f}" for v in s["std"])
+        parts.append(f"{label}: standard deviation {stds} per code dimension, {s['inside'] * 100:.0f}% of "
+                     "test codes inside the central 95% interval of N(0, 1) in every dimension")
+    first = next(iter(code_stats.values()))
+    return (f"What the regulariser does to the codes, latent dimension {first['dim']} (seed {first['seed']}, "
+            "test set codes, m for the VAEs): " + "; ".join(parts) + ". Decodes of N(0, I) draws "
+            "(Figure 4) come from that central region.")
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    """Everything the report's setup section states, gathered by `vaelab.reproduce`."""
+
+    command: str
+    version: str
+    epochs: int
+    seeds: tuple[int, ...]
+    latent_dims: tuple[int, ...]
+    train_images: int | None  # None: whole training split; N: its first N images (--quick)
+    split_sizes: tuple[int, int, int]  # train, valid, test images
+    base: RunConfig
+    machine: str
+    runs_reused: int
+    runs_total: int
+    train_seconds_total: float  # summed over every run's timing.jsonl
+    phase_seconds: dict[str, float]
+    wall_seconds: float
+    figure_seed: int
+    interpolation_classes: tuple[int, int]
+    code_stats: dict = field(default_factory=dict)
+
+
+def captions(setup: Setup) -> dict[str, str]:
+    s, (a, b) = setup.figure_seed, setup.interpolation_classes
+    h = ", ".join(map(str, setup.base.hidden))
+    return {
+        "structure": f"The VAE of eq. (2)-(3) as trained here for latent dimension 2, drawn from its config: "
+                     f"encoder {setup.base.n_pixels} → {h} → (m, σ); noise e ~ N(0, 1); c = m + exp(σ)·e; "
+                     f"decoder back to {setup.base.n_pixels} Bernoulli logits (the paper's Figure 1).",
+        "curves": "Training (dashed) and validation (solid) loss per epoch, nats per image, one line per seed. "
+                  "PCA is fit in closed form and has no curve. The training loss is averaged over the epoch "
+                  "while the weights change; the validation loss is measured after it.",
+        "reconstructions": f"Mean reconstructions of the first test digit of each class (seed {s}): the test "
+                           "digits (binarized), then each model for latent dimension 1 and 2.",
+        "samples": f"Decodes of random codes (seed {s}): codes drawn from N(0, I), the VAEs' prior, for the "
+                   "autoencoder and the VAEs; from N(0, diag(variance of its codes)) for PCA. The autoencoder "
+                   "has no prior: the same N(0, I) draw shows what its decoder makes of codes it was not "
+                   "trained on.",
+        "latent": f"The test set in latent space (seed {s}), coloured by digit: the code (m for the VAEs) as a "
+                  "per-digit strip for latent dimension 1 and as a scatter for latent dimension 2.",
+        "manifold": f"The learned manifold of the VAEs (seed {s}): decodes at the Gaussian quantiles of an even "
+                    "grid in (0, 1) (the inverse normal CDF, as in Kingma & Welling), a grid for latent "
+                    "dimension 2 and a strip for latent dimension 1. Axis ticks give the code values.",
+        "interpolation": f"The paper's full-moon / half-moon argument with digits (seed {s}): codes α1 and α2 of "
+                         f"the first test digits of class {a} and {b}, decodes along the line between them, "
+                         "the midpoint (α1 + α2)/2 framed in red; one row per model and latent dimension.",
+    }
+
+
+def setup_lines(setup: Setup) -> list[str]:
+    c = setup.base
+    n_train, n_valid, n_test = setup.split_sizes
+    subset = ""
+    if setup.train_images is not None:
+        subset = (f" **--quick:** the runs trained on the first {setup.train_images} of these {n_train} "
+                  "training images only; the validation and test sets are unchanged.")
+    pixels = ("dynamic binarization: each training image is a fresh Bernoulli draw from its intensities every "
+              f"epoch; the validation and test images are binarized once with seed {c.eval_seed}"
+              if c.binarize == "dynamic" else "grayscale intensities in [0, 1] (no binarization)")
+    hidden = " → ".join(map(str, c.hidden))
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in setup.phase_seconds.items())
+    return [
+        f"Command: `{setup.command}` (vaelab {setup.version}).",
+        f"Data: {c.dataset}; the official training set split into {n_train} training images and its last "
+        f"{n_valid} as the validation set; the official {n_test} test images.{subset}",
+        f"Pixel model: {pixels}.",
+        f"Architecture (all neural models): encoder MLP {c.n_pixels} → {hidden} → code (ReLU between layers; "
+        f"the VAE outputs m and σ), decoder mirrored back to {c.n_pixels} Bernoulli logits. PCA: the top "
+        "principal directions of one binarized draw of the training images, in closed form.",
+        "Objectives: autoencoder, Bernoulli reconstruction; VAE (paper), eq. (2)-(3) exactly as written; "
+        "VAE (ELBO), the negative ELBO of Kingma & Welling; PCA, squared error.",
+        f"Optimizer: Adam, learning rate {c.lr:g}, batch size {c.batch_size}, {setup.epochs} epochs per run; "
+        "each run keeps the weights of its best validation epoch.",
+        f"Latent dimensions {', '.join(map(str, setup.latent_dims))}; seeds {', '.join(map(str, setup.seeds))} "
+        "(each seeds weight initialisation, shuffling, binarization and the VAE noise).",
+        f"Machine: {setup.machine}.",
+        f"Wall time of this command: {setup.wall_seconds:.0f} s ({phases}); {setup.runs_reused} of "
+        f"{setup.runs_total} runs were reused from an earlier invocation. Training time of all runs, from "
+        f"their timing.jsonl: {setup.train_seconds_total:.0f} s.",
+    ]
+
+
+def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path]) -> list[tuple]:
+    """The report as blocks: ("h1" | "h2" | "p", text), ("ul", [text]), ("table", header, body),
+    ("figure", number, path, caption)."""
+    header, body = table_cells(rows)
+    blocks: list[tuple] = [
+        ("h1", "vaelab: PCA → autoencoder → VAE on MNIST, measured"),
+        ("p", "The Results section of *Derivation and Discussion of Variational Autoencoder Model* with real "
+              "numbers. Every number below was produced by the command in the setup, from the run "
+              "directories under `runs/`; `vaelab evaluate runs/<name>` recomputes any of them."),
+        ("h2", "Setup"),
+        ("ul", setup_lines(setup)),
+        ("h2", "Results"),
+        ("table", header, body),
+        ("p", table_notes(rows)[0]),
+        ("ul", table_notes(rows)[1]),
+        ("p", "The same table: `results.md`, `results.csv`, `results.json` (per-seed values)."),
+        ("h2", "Figures"),
+    ]
+    caption = captions(setup)
+    for number, name in enumerate((n for n in FIGURES if n in figure_paths), start=1):
+        blocks.append(("figure", number, figure_paths[name], caption[name]))
+    blocks.append(("h2", "Discussion"))
+    blocks += [("p", text) for text in discussion(rows, epochs=setup.epochs, code_stats=setup.code_stats)]
+    return blocks
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(blocks: list[tuple], out: Path) -> str:
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            parts.append(f"# {block[1]}\n")
+        elif kind == "h2":
+            parts.append(f"## {block[1]}\n")
+        elif kind == "p":
+            parts.append(block[1] + "\n")
+        elif kind == "ul":
+            parts.append("".join(f"- {item}\n" for item in block[1]))
+        elif kind == "table":
+            parts.append(_markdown_table(block[1], block[2]))
+        elif kind == "figure":
+            _, number, path, text = block
+            rel = Path(path).relative_to(out).as_posix()
+            parts.append(f"![Figure {number}]({rel})\n\n*Figure {number}.* {text}\n")
+    return "\n".join(parts)
+
+
+STYLE = """
+body { font-family: Georgia, 'Times New Roman', serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
+       line-height: 1.5; color: #222; }
+h1, h2 { font-family: Helvetica, Arial, sans-serif; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+th, td { border-bottom: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+figure { margin: 2em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.92em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def to_html(blocks: list[tuple]) -> str:
+    """A self-contained HTML page: figures embedded as base64 PNG data URIs."""
+    title = next(b[1] for b in blocks if b[0] == "h1")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "figure":
+            _, number, path, text = block
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="Figure {number}">'
+                         f"<figcaption><strong>Figure {number}.</strong> {_inline_html(text)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(out: str | Path, records: list[RunRecord], setup: Setup, figure_paths: dict[str, Path]) -> Path:
+    """results.{md,csv,json}, index.md and index.html in `out`; returns the path of index.html."""
+    out = Path(out)
+    rows = results_rows(records)
+    write_results(out, rows)
+    blocks = report_blocks(rows, setup, figure_paths)
+    atomic_write(out / "index.md", to_markdown(blocks, out).encode())
+    atomic_write(out / "index.html", to_html(blocks).encode())
+    return out / "index.html"

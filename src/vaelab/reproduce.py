@@ -1,0 +1,383 @@
+"""`vaelab reproduce`: the paper's experiment end to end, then the results table, figures and report.
+
+PCA → autoencoder → VAE (the paper's eq. 2-3 and the standard ELBO) for latent dimension 1 and 2,
+several seeds, one architecture, optimizer, data split and pixel model for all. Every run is an
+ordinary run directory under OUT/runs/ made by `vaelab.train`: a finished run is reused, an
+unfinished one resumed, so an interrupted reproduce continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from . import figures as figs
+from .checkpoint import TIMING_FILE, checkpoint_paths, load_config, read_metrics, write_json
+from .config import RunConfig
+from .data import PixelData
+from .evaluate import evaluate_run, load_run, sample_images
+from .models import decode_to_pixels, encode_mean
+from .report import MODEL_LABELS, Setup, load_record, write_report
+from .train import load_data, resume, train
+
+# The paper's sequence of models, each with the objective it trains on.
+EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
+LATENT_DIMS = (1, 2)  # the paper's latent dimensions
+# Default budget, chosen so that `make reproduce` stays within 15 minutes on 2 CPU cores with
+# about 4 minutes left for the likelihood evaluation: 18 trained runs x DEFAULT_EPOCHS epochs at
+# ~2.4 s per epoch (batch 128, hidden 512,256, 50k images) is ~7 minutes of training.
+DEFAULT_EPOCHS = 10
+DEFAULT_SEEDS = 3
+# --quick: the same pipeline in well under a minute (used by the tests): one seed, three epochs,
+# on the first QUICK_TRAIN_IMAGES images of the training split (validation and test sets unchanged).
+QUICK_EPOCHS = 3
+QUICK_SEEDS = 1
+QUICK_TRAIN_IMAGES = 10000
+RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
+FIGURE_SEED = 0  # figures show the runs of this seed (the first)
+INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
+
+
+class ReproduceError(ValueError):
+    """An existing run directory does not match what this reproduce asks for."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    epochs: int  # training epochs of each neural run (PCA is fit in closed form)
+    seeds: tuple[int, ...]  # one run per seed for every model and latent dimension
+    latent_dims: tuple[int, ...] = LATENT_DIMS
+    train_images: int | None = None  # None: the whole training split; N: its first N images (--quick)
+    quick: bool = False
+
+    def command(self, out: Path) -> str:
+        """The explicit command line that reproduces these settings."""
+        if self.quick and (self.epochs, len(self.seeds)) == (QUICK_EPOCHS, QUICK_SEEDS):
+            parts = ["vaelab reproduce --quick"]
+        else:
+            parts = ["vaelab reproduce"] + (["--quick"] if self.quick else [])
+            parts += [f"--epochs {self.epochs}", f"--seeds {len(self.seeds)}"]
+        if self.latent_dims != LATENT_DIMS:
+            parts.append("--latent-dims " + ",".join(map(str, self.latent_dims)))
+        return " ".join(parts + [f"--out {out}"])
+
+
+def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int | None = None,
+                  latent_dims: tuple[int, ...] = LATENT_DIMS) -> Settings:
+    """Defaults for the full or the --quick experiment; explicit epochs/seeds override either."""
+    n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
+    n_epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    if n_seeds < 1:
+        raise ReproduceError(f"--seeds must be >= 1, got {n_seeds}")
+    if n_epochs < 1:
+        raise ReproduceError(f"--epochs must be >= 1, got {n_epochs}")
+    if not latent_dims or any(d < 1 for d in latent_dims):
+        raise ReproduceError(f"--latent-dims must be whole numbers >= 1, got {list(latent_dims)}")
+    return Settings(epochs=n_epochs, seeds=tuple(range(n_seeds)), latent_dims=tuple(latent_dims),
+                    train_images=QUICK_TRAIN_IMAGES if quick else None, quick=quick)
+
+
+def parse_latent_dims(text: str) -> tuple[int, ...]:
+    """'1,2' -> (1, 2), with a clear error for anything else."""
+    try:
+        dims = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ReproduceError(f"--latent-dims takes comma-separated whole numbers like 1,2, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+        raise ReproduceError(f"--latent-dims takes distinct whole numbers >= 1, got {text!r}")
+    return dims
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: RunConfig
+    train_images: int | None
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        return f"{c.model}-{c.objective}-z{c.latent_dim}-s{c.seed}"
+
+
+def plan(settings: Settings, base: RunConfig | None = None) -> list[RunSpec]:
+    """All runs, seed-major so that an interrupted reproduce has every model for the first seeds."""
+    base = base or RunConfig()
+    specs = []
+    for seed in settings.seeds:
+        for latent_dim in settings.latent_dims:
+            for model, objective in EXPERIMENT:
+                epochs = 0 if model == "pca" else settings.epochs  # PCA has no epochs: closed form
+                config = dataclasses.replace(base, model=model, objective=objective, latent_dim=latent_dim,
+                                             epochs=epochs, seed=seed)
+                specs.append(RunSpec(config, settings.train_images))
+    return specs
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has finished (from metrics.jsonl); 0 for a new run."""
+    history = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    return history[-1]["epoch"] if history else 0
+
+
+def is_complete(spec: RunSpec, run_dir: Path) -> bool:
+    if not (run_dir / "model.safetensors").exists():
+        return False
+    return epochs_done(run_dir) >= spec.config.epochs
+
+
+def check_existing(spec: RunSpec, run_dir: Path) -> None:
+    """Raise ReproduceError if `run_dir` holds a run made with other settings than `spec`."""
+    old = load_config(run_dir)
+    mine = spec.config
+    different = [f"{f.name} {getattr(old, f.name)!r} (asked {getattr(mine, f.name)!r})"
+                 for f in dataclasses.fields(RunConfig)
+                 if f.name != "epochs" and getattr(old, f.name) != getattr(mine, f.name)]
+    note = run_dir / RUN_NOTE
+    old_images = json.loads(note.read_text()).get("train_images") if note.exists() else None
+    if old_images != spec.train_images:
+        different.append(f"training images {old_images or 'all'} (asked {spec.train_images or 'all'})")
+    done = epochs_done(run_dir)
+    if done > mine.epochs:
+        different.append(f"{done} epochs done (asked {mine.epochs})")
+    if different:
+        raise ReproduceError(f"{run_dir} was made with other settings: {'; '.join(different)}. "
+                             "Pass --force to retrain it, or choose another --out.")
+
+
+def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = False, device: str = "auto",
+               log=None) -> str:
+    """Make `run_dir` a finished run of `spec`: 'reused', 'resumed' or 'trained' (what happened).
+
+    `data` is the full PixelData; for a --quick spec only its first `spec.train_images` training
+    images are used. `log` receives the trainer's per-epoch lines.
+    """
+    log = log or (lambda message: None)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if spec.train_images is not None:
+        data = dataclasses.replace(data, train=data.train[:spec.train_images])
+    if (run_dir / "config.json").exists():
+        check_existing(spec, run_dir)
+        if is_complete(spec, run_dir):
+            return "reused"
+        if checkpoint_paths(run_dir):
+            resume(run_dir, epochs=spec.config.epochs, data=data, device=device, progress=False, log=log)
+            return "resumed"
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / RUN_NOTE, {"train_images": spec.train_images})
+    train(spec.config, run_dir, data=data, device=device, progress=False, log=log)
+    return "trained"
+
+
+class Progress:
+    """One display for the whole reproduce: which run, which epoch, time left (by tqdm's rate).
+
+    Counts epochs (a PCA fit counts as one); silent when stderr is not a terminal.
+    """
+
+    EPOCH_LINE = re.compile(r"^(epoch (\d+)/(\d+))|^(PCA fit)")
+    VALID_LOSS = re.compile(r"valid loss ([-\d.]+)")
+
+    def __init__(self, total: int, n_runs: int, enabled: bool | None = None):
+        self.n_runs = n_runs
+        self.bar = tqdm(total=total, unit="epoch", file=sys.stderr, dynamic_ncols=True,
+                        disable=None if enabled is None else not enabled,
+                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}]{postfix}")
+
+    def start(self, index: int, name: str) -> None:
+        self.bar.set_description_str(f"run {index + 1}/{self.n_runs} {name}")
+
+    def log(self, message: str) -> None:
+        match = self.EPOCH_LINE.match(message)
+        if match:
+            self.bar.update(1)
+            loss = self.VALID_LOSS.search(message)
+            self.bar.set_postfix_str(f"{match.group(1) or match.group(4)}"
+                                     + (f", valid loss {loss.group(1)}" if loss else ""))
+
+    def phase(self, text: str) -> None:
+        self.bar.set_description_str(text)
+        self.bar.set_postfix_str("")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def remaining_units(spec: RunSpec, run_dir: Path, force: bool) -> int:
+    """Progress units (epochs; 1 for a PCA fit) still to do for `spec`."""
+    if force or not (run_dir / "config.json").exists():
+        return max(spec.config.epochs, 1)
+    if spec.config.model == "pca":
+        return 0 if (run_dir / "model.safetensors").exists() else 1
+    return max(spec.config.epochs - epochs_done(run_dir), 0)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: PixelData, settings: Settings,
+                 *, device: str = "auto") -> tuple[dict[str, Path], dict]:
+    """Every figure of the report; runs maps (model, objective, latent dim, seed) -> run directory.
+
+    Figures show the runs of the first seed (the curves show all seeds). Returns (figure name ->
+    PNG path, code statistics of the latent-2 test codes for the discussion).
+    """
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    seed, dims = settings.seeds[0], settings.latent_dims
+    models = {(m, o, d): load_run(path, device)[:2] for (m, o, d, s), path in runs.items() if s == seed}
+    paths = {name: fig_dir / f"{name}.png" for name in figs.FIGURES}
+    label = {key: f"{MODEL_LABELS[key[:2]]}, z={key[2]}" for key in models}
+
+    figs.vae_structure(models[("vae", "paper", 2 if 2 in dims else dims[-1])][1], paths["structure"])
+
+    curves = {}
+    for (m, o, d, _), path in sorted(runs.items(), key=lambda item: item[0][3]):
+        if m != "pca":
+            curves.setdefault((MODEL_LABELS[(m, o)], d), []).append(read_metrics(path))
+    figs.training_curves(curves, paths["curves"])
+
+    test_x, test_y = data.test.cpu(), data.splits.test_y
+    first = torch.stack([torch.nonzero(test_y == c)[0, 0] for c in range(10)])  # a test digit per class
+    rows = [(label[(*mo, d)], _run(models[(*mo, d)][0], lambda m: m.reconstruct, test_x[first]))
+            for d in dims for mo in EXPERIMENT]
+    figs.reconstructions(test_x[first], rows, paths["reconstructions"])
+
+    panels = [[(label[(*mo, d)], sample_images(*models[(*mo, d)], 36, seed=0).cpu()) for mo in EXPERIMENT]
+              for d in dims]
+    figs.samples(panels, paths["samples"])
+
+    codes = {(*mo, d): _run(models[(*mo, d)][0], lambda m: partial(encode_mean, m), test_x)
+             for mo in EXPERIMENT for d in dims}
+    figs.latent_space([(MODEL_LABELS[mo], [(d, codes[(*mo, d)]) for d in dims]) for mo in EXPERIMENT],
+                      test_y, paths["latent"])
+    stats_dim = 2 if 2 in dims else dims[-1]
+    code_stats = {MODEL_LABELS[mo]: {
+        "dim": stats_dim, "seed": seed, "std": codes[(*mo, stats_dim)].std(0).tolist(),
+        # share of codes inside the central 95% interval of N(0, 1) in every dimension
+        "inside": float((codes[(*mo, stats_dim)].abs() < 1.96).all(1).double().mean()),
+    } for mo in EXPERIMENT}
+
+    k = 15  # grid side: codes at Gaussian quantiles of an even grid in (0, 1), as in Kingma & Welling
+    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / k, 1 - 0.5 / k, k))
+    zy, zx = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # top row: the highest c2
+    grid_codes = {1: quantiles[:, None], 2: torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)}
+    manifold_panels = [(MODEL_LABELS[mo], {d: _run(models[(*mo, d)][0], lambda m: partial(decode_to_pixels, m),
+                                                   grid_codes[d]) for d in dims if d in grid_codes})
+                       for mo in EXPERIMENT if mo[0] == "vae"]  # only the VAEs have a prior to take quantiles of
+    figs.manifold(manifold_panels, quantiles, paths["manifold"])
+
+    a, b = (int(torch.nonzero(test_y == c)[0, 0]) for c in INTERPOLATION_CLASSES)
+    t = torch.linspace(0, 1, 11)[:, None]  # step 5 is t = 0.5: the midpoint (α1 + α2)/2
+    interp_rows = []
+    for d in dims:
+        for mo in EXPERIMENT:
+            model = models[(*mo, d)][0]
+            alpha = _run(model, lambda m: partial(encode_mean, m), test_x[[a, b]])  # (2, D): α1, α2
+            line = (1 - t) * alpha[0] + t * alpha[1]  # (11, D)
+            interp_rows.append((label[(*mo, d)], _run(model, lambda m: partial(decode_to_pixels, m), line)))
+    figs.interpolation(test_x[a], test_x[b], interp_rows, paths["interpolation"], mid_index=5,
+                       classes=INTERPOLATION_CLASSES)
+    return paths, code_stats
+
+
+def _run(model: torch.nn.Module, method, x: torch.Tensor) -> torch.Tensor:
+    """method(model)(x) with x moved to the model's device; the result back on the CPU."""
+    device = next(iter(model.state_dict().values())).device
+    return method(model)(x.to(device)).cpu()
+
+
+# --- the whole pipeline --------------------------------------------------------------------------
+
+def reproduce(out: str | Path = "report", *, settings: Settings | None = None, force: bool = False,
+              data_dir: str | Path | None = None, device: str = "auto", progress: bool | None = None,
+              base: RunConfig | None = None) -> Path:
+    """Train (or reuse) every run, evaluate them, draw the figures, write the report; returns index.html.
+
+    `progress`: None shows the overall progress bar only when stderr is a terminal.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    settings = settings or make_settings()
+    base = base or RunConfig()
+    specs = plan(settings, base)
+    runs_dir = out / "runs"
+    for spec in specs:  # refuse mismatched runs before any training starts
+        run_dir = runs_dir / spec.name
+        if not force and (run_dir / "config.json").exists():
+            check_existing(spec, run_dir)
+    data = load_data(base, data_dir)  # one in-memory copy shared by every run
+    if settings.train_images is not None and settings.train_images > len(data.train):
+        raise ReproduceError(f"--quick trains on {settings.train_images} images but the training split has "
+                             f"only {len(data.train)}")
+
+    bar = Progress(sum(remaining_units(s, runs_dir / s.name, force) for s in specs), len(specs), progress)
+    what = {}
+    try:
+        t0 = time.perf_counter()
+        for i, spec in enumerate(specs):
+            bar.start(i, spec.name)
+            what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
+                                         log=bar.log)
+        train_seconds = time.perf_counter() - t0
+        bar.phase("evaluating")
+        t0 = time.perf_counter()
+        for spec in specs:
+            evaluate_run(runs_dir / spec.name, data=data, device=device)
+        eval_seconds = time.perf_counter() - t0
+        bar.phase("figures")
+        t0 = time.perf_counter()
+        runs = {(s.config.model, s.config.objective, s.config.latent_dim, s.config.seed): runs_dir / s.name
+                for s in specs}
+        figure_paths, code_stats = make_figures(out, runs, data, settings, device=device)
+        figure_seconds = time.perf_counter() - t0
+        bar.phase("report")
+        records = [load_record(runs_dir / spec.name) for spec in specs]
+        setup = Setup(
+            command=settings.command(out),
+            version=__version__,
+            epochs=settings.epochs,
+            seeds=settings.seeds,
+            latent_dims=settings.latent_dims,
+            train_images=settings.train_images,
+            split_sizes=(len(data.train), len(data.valid), len(data.test)),
+            base=base,
+            machine=f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+                    f"({torch.get_num_threads()} threads), device {device}",
+            runs_reused=sum(v == "reused" for v in what.values()),
+            runs_total=len(specs),
+            train_seconds_total=sum(_training_seconds(runs_dir / s.name) for s in specs),
+            phase_seconds={"training": train_seconds, "evaluation": eval_seconds, "figures": figure_seconds},
+            wall_seconds=time.perf_counter() - started,
+            figure_seed=settings.seeds[0],
+            interpolation_classes=INTERPOLATION_CLASSES,
+            code_stats=code_stats,
+        )
+        index = write_report(out, records, setup, figure_paths)
+    finally:
+        bar.close()
+    return index
+
+
+def _training_seconds(run_dir: Path) -> float:
+    """Wall time of all epochs a run has trained, over all invocations (timing.jsonl)."""
+    path = run_dir / TIMING_FILE
+    if not path.exists():
+        return 0.0
+    return sum(json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip())
