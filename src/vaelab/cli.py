@@ -94,19 +94,39 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
+    nll: Annotated[str | None, typer.Option(help="exact (quadrature, latent <= 2) | iwae: add test-set "
+                                            "likelihoods, the ELBO split and the posterior gap")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image (IWAE, ELBO)")] = 5000,
+    iwae_images: Annotated[int | None, typer.Option(min=1, help="IWAE on the first N test images  "
+                                                    "[default: all]")] = None,
+    classifier: Annotated[bool, typer.Option("--classifier", help="Add classifier scores of interpolation "
+                                             "midpoints and prior samples")] = False,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
     """Validation and test loss of the best checkpoint, per image in nats; saved to evaluation.json."""
     from .evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, data_dir=data_dir, device=device)
+    if nll not in (None, "exact", "iwae"):
+        raise UsageProblem(f"unknown --nll {nll!r}; choose exact or iwae")
+    result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=nll, k=k, iwae_images=iwae_images,
+                          classifier=classifier)
     typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image:")
     typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}")
     for split in ("valid", "test"):
         r = result[split]
         typer.echo(f"  {split:6} {r['loss']:10.3f} {r['reconstruction']:10.3f} {r['regularizer']:10.3f} "
                    f"{r['squared_error']:10.3f}")
+    if nll is not None:
+        from .likelihood import summary_lines
+
+        for line in summary_lines(result["likelihood"]):
+            typer.echo(f"  {line}")
+    if classifier:
+        from .classifier import summary_lines as realism_lines
+
+        for line in realism_lines(result["realism"]):
+            typer.echo(f"  {line}")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint import load_config, load_model, read_json, write_json
 from .config import RunConfig
 from .data import PixelData
+from .likelihood import measure
 from .models import PCA, decode_to_pixels
 from .objectives import evaluate_objective
 from .train import init_model, load_data, resolve_device
@@ -32,8 +33,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[nn.Module, RunC
 
 
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
-                 device: str = "auto") -> dict:
-    """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it."""
+                 device: str = "auto", nll: str | None = None, k: int = 5000, iwae_images: int | None = None,
+                 classifier: bool = False, classifier_images: int = 1000) -> dict:
+    """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it.
+
+    `nll` ("exact" | "iwae") adds the likelihood numbers of `likelihood.measure` on the test set under
+    "likelihood" (IWAE and the ELBO split with k samples on the first `iwae_images` test images);
+    `classifier` adds the classifier scores of `classifier.realism` under "realism".
+    """
     run_dir = Path(run_dir)
     model, config, meta = load_run(run_dir, device)
     data = (data if data is not None else load_data(config, data_dir)).to(model_device(model))
@@ -41,6 +48,13 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
                                            seed=config.eval_seed)
+    if nll is not None:
+        result["likelihood"] = measure(model, config, data.test, nll=nll, k=k, iwae_images=iwae_images)
+    if classifier:
+        from .classifier import load_classifier, realism  # imported here: classifier uses sample_images
+
+        scorer, record = load_classifier(config.dataset, data_dir)
+        result["realism"] = realism(model, config, data.splits, scorer, record, n=classifier_images)
     path = run_dir / EVALUATION_FILE
     saved = read_json(path) if path.exists() else {}
     saved.update(result)

@@ -1,0 +1,240 @@
+"""Exact NLL by quadrature, IWAE, the ELBO split and active units: checked against independent
+integration (scipy), against each other (exact <= IWAE_k <= -ELBO) and on trained models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from conftest import FAKE_TEST, FAKE_VALID
+from vaelab import likelihood as lk
+from vaelab.cli import main
+from vaelab.config import RunConfig
+from vaelab.evaluate import evaluate_run, load_run
+from vaelab.models import build_model
+from vaelab.objectives import bernoulli_nll, evaluate_objective
+from vaelab.train import load_data, train
+
+
+def tiny_vae(latent_dim: int, n_pixels: int = 5, *, seed: int = 0, objective: str = "elbo", scale: float = 3.0):
+    """An untrained VAE on a few pixels with weights scaled up so p(x|z) varies sharply with z."""
+    config = RunConfig(latent_dim=latent_dim, hidden=(8,), n_pixels=n_pixels, objective=objective)
+    torch.manual_seed(seed)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(scale)
+    return model, config
+
+
+def numpy_log_joint(model, x: np.ndarray):
+    """An independent float64 numpy copy of the decoder: z (D,) -> log p(x|z) + log p(z) for image x (P,)."""
+    layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+              for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+
+    def log_joint(*z: float) -> float:
+        h = np.array(z)
+        for i, (w, b) in enumerate(layers):
+            h = w @ h + b
+            if i < len(layers) - 1:
+                h = np.maximum(h, 0)
+        log_lik = float(np.sum(x * h - np.logaddexp(0, h)))
+        return log_lik - 0.5 * sum(v * v + math.log(2 * math.pi) for v in z)
+
+    return log_joint
+
+
+def binary_images(n: int, n_pixels: int, seed: int = 0) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, n_pixels), 0.4), generator=torch.Generator().manual_seed(seed))
+
+
+def test_log_bernoulli_matrix_equals_the_objectives_bce():
+    x = binary_images(7, 11)
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(1)) * 4
+    matrix = lk.log_bernoulli_matrix(x, logits)  # (7, 5)
+    for g in range(5):
+        assert torch.allclose(matrix[:, g], -bernoulli_nll(logits[g].expand(7, -1), x), atol=1e-4)
+
+
+def test_quadrature_matches_scipy_in_one_dimension():
+    model, _ = tiny_vae(1)
+    x = binary_images(6, 5)
+    exact = lk.exact_nll(model, x)
+    assert exact.grid["converged"]
+    # the ReLU decoder is piecewise smooth; tell quad where the pieces meet (w z + b = 0)
+    first = model.decoder.to_hidden[0][0]
+    crossings = (-first.bias / first.weight[:, 0]).detach()
+    kinks = sorted(float(c) for c in crossings if abs(c) < 10)
+    for n in range(len(x)):
+        f = numpy_log_joint(model, x[n].double().numpy())
+        # scale by the log-joint at a central point so quad works on numbers near 1
+        shift = max(f(z) for z in np.linspace(-6, 6, 2001))
+        value, _ = integrate.quad(lambda z, f=f, shift=shift: math.exp(f(z) - shift), -10, 10,
+                                  epsabs=0, epsrel=1e-10, limit=500, points=kinks)
+        assert float(exact.nll[n]) == pytest.approx(-(math.log(value) + shift), abs=2e-4)
+
+
+def test_quadrature_matches_scipy_in_two_dimensions():
+    model, _ = tiny_vae(2, scale=2.0)
+    x = binary_images(2, 5, seed=3)
+    exact = lk.exact_nll(model, x)
+    first = model.decoder.to_hidden[0][0]
+    w, b = first.weight.detach().double().numpy(), first.bias.detach().double().numpy()
+
+    def inner_opts(y: float) -> dict:
+        """For fixed y the integrand in z is smooth between the ReLU kinks w0 z + w1 y + b = 0."""
+        crossings = -(w[:, 1] * y + b) / w[:, 0]
+        return {"points": sorted(c for c in crossings if abs(c) < 8), "limit": 200, "epsabs": 0, "epsrel": 1e-9}
+
+    for n in range(len(x)):
+        f = numpy_log_joint(model, x[n].double().numpy())
+        shift = f(0.0, 0.0)
+        value, _ = integrate.nquad(lambda z, y, f=f, shift=shift: math.exp(f(z, y) - shift), [(-8, 8), (-8, 8)],
+                                   opts=[inner_opts, {"limit": 200, "epsabs": 0, "epsrel": 1e-8}])
+        assert float(exact.nll[n]) == pytest.approx(-(math.log(value) + shift), abs=2e-3)
+
+
+def test_quadrature_does_not_change_when_the_grid_is_refined():
+    model, _ = tiny_vae(2, n_pixels=20, scale=4.0)
+    x = binary_images(40, 20)
+    exact = lk.exact_nll(model, x)
+    g = exact.grid
+    finer = lk.quadrature(model, x, lk.Grid(2, g["limit"] + 2, g["step"] / 2))["fine"]
+    assert float((finer + exact.nll).abs().mean()) < lk.TOLERANCE
+    # the reported changes are the ones the refinement rule tested
+    assert g["change_vs_double_step"] < lk.TOLERANCE and g["change_vs_limit_minus_1"] < lk.TOLERANCE
+
+
+def test_refinement_goes_finer_when_the_start_grid_is_too_coarse():
+    model, _ = tiny_vae(2, n_pixels=20, scale=4.0)
+    x = binary_images(40, 20)
+    start = lk.Grid(2, 2.0, 1.0)  # far too coarse and too narrow for this integrand
+    exact = lk.exact_nll(model, x, grid=start)
+    assert exact.grid["converged"]
+    assert exact.grid["step"] < 1.0 and exact.grid["limit"] > 2.0
+    capped = lk.exact_nll(model, x, grid=start, max_points=100)
+    assert not capped.grid["converged"] and capped.grid["points"] <= 100
+    assert float((capped.nll - exact.nll).abs().mean()) > lk.TOLERANCE  # the coarse answer really was off
+
+
+def test_exact_nll_refuses_latent_dimensions_above_two():
+    model, _ = tiny_vae(3)
+    with pytest.raises(ValueError, match="latent dimension 1 or 2"):
+        lk.exact_nll(model, binary_images(3, 5))
+
+
+@pytest.mark.parametrize("objective", ["elbo", "paper"])
+def test_iwae_is_non_increasing_in_k_and_approaches_the_exact_nll(objective):
+    model, _ = tiny_vae(1, objective=objective)
+    x = binary_images(200, 5)
+    exact = float(lk.exact_nll(model, x).nll.mean())
+    means = [float(lk.importance_sampled(model, objective, x, k=k, seed=k)["iwae"].mean())
+             for k in (1, 10, 100, 3000)]
+    assert all(a >= b - 0.005 for a, b in zip(means, means[1:], strict=False)), means
+    assert means[0] - means[-1] > 0.05  # the bound does tighten
+    assert means[-1] == pytest.approx(exact, abs=0.01)
+    assert means[-1] >= exact - 0.005  # an upper bound on -log p(x), up to Monte Carlo error
+
+
+def test_the_paper_objective_is_evaluated_with_its_own_noise():
+    """q(z|x) for `paper` has standard deviation exp(σ); for `elbo`, exp(σ/2)."""
+    model, _ = tiny_vae(2, n_pixels=8)
+    x = binary_images(5, 8)
+    m, second = model.encode(x)
+    for objective, std in (("paper", second.exp()), ("elbo", (0.5 * second).exp())):
+        mean, logvar = lk.posterior(model, objective, x)
+        assert torch.equal(mean, m)
+        assert torch.allclose((0.5 * logvar).exp(), std)
+        kl = lk.importance_sampled(model, objective, x, k=3, seed=0)["kl"]
+        reference = torch.distributions.kl_divergence(torch.distributions.Normal(m, std),
+                                                      torch.distributions.Normal(0.0, 1.0)).sum(-1)
+        assert torch.allclose(kl.float(), reference, atol=1e-5)
+
+
+def test_active_units_counts_the_units_the_encoder_uses():
+    model, _ = tiny_vae(2, n_pixels=8)
+    with torch.no_grad():
+        model.to_stats.weight[1].zero_()  # m_2 no longer depends on x
+    units = lk.active_units(model, binary_images(100, 8))
+    assert units["count"] == 1
+    assert units["variances"][1] == pytest.approx(0.0, abs=1e-12) and units["variances"][0] > lk.ACTIVE_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory, request):
+    """Small VAEs (latent 2) trained for a few epochs on fake MNIST, one per objective, plus an autoencoder."""
+    from conftest import trust_files, write_fake_dataset
+    from vaelab import data as vdata
+    monkeypatch = pytest.MonkeyPatch()
+    request.addfinalizer(monkeypatch.undo)
+    root = tmp_path_factory.mktemp("fake") / "data"
+    trust_files(monkeypatch, "mnist", write_fake_dataset(root, vdata.SPECS["mnist"]))
+    monkeypatch.delenv(vdata.ENV_DATA, raising=False)
+    runs = {}
+    for name, model, objective, dim in (("paper", "vae", "paper", 2), ("elbo", "vae", "elbo", 2),
+                                        ("autoencoder", "autoencoder", "reconstruction", 2),
+                                        ("elbo3", "vae", "elbo", 3)):
+        config = RunConfig(model=model, objective=objective, latent_dim=dim, hidden=(64, 32), epochs=8,
+                           batch_size=32, valid_size=FAKE_VALID, seed=1)
+        out = root.parent / name
+        train(config, out, data_dir=root, device="cpu", progress=False, log=lambda _: None)
+        runs[name] = out
+    return root, runs
+
+
+@pytest.mark.parametrize("name", ["paper", "elbo"])
+def test_exact_below_iwae_below_neg_elbo_on_a_trained_model(trained_runs, name):
+    root, runs = trained_runs
+    model, config, _ = load_run(runs[name], "cpu")
+    x = load_data(config, root).test  # (FAKE_TEST, 784)
+    exact = lk.exact_nll(model, x).nll
+    sampled = lk.importance_sampled(model, config.objective, x, k=2000, seed=0)
+    # 0.05 nats: Monte Carlo slack (IWAE_2000 is within a few hundredths of its mean here; the ELBO's
+    # analytic KL differs from the sampled log p(z) - log q(z) by a similar amount)
+    assert float(exact.mean()) <= float(sampled["iwae"].mean()) + 0.05
+    assert float(sampled["iwae"].mean()) <= float(sampled["neg_elbo"].mean()) + 0.05
+    assert float(sampled["neg_elbo"].mean() - exact.mean()) > 0.1  # a real posterior gap on a real model
+    # the ELBO's reconstruction term is the objective's own reconstruction term (same q, more samples)
+    one_sample = evaluate_objective(model, config.objective, x, seed=0)["reconstruction"]
+    assert float(sampled["reconstruction"].mean()) == pytest.approx(one_sample, rel=0.02)
+
+
+def test_measure_reports_na_for_the_autoencoder_and_refuses_exact_above_two(trained_runs):
+    root, runs = trained_runs
+    model, config, _ = load_run(runs["autoencoder"], "cpu")
+    result = lk.measure(model, config, load_data(config, root).test, nll="exact", k=5)
+    assert result["applicable"] is False and "n/a" in result["why"]
+    model, config, _ = load_run(runs["elbo3"], "cpu")
+    with pytest.raises(ValueError, match="--nll iwae"):
+        lk.measure(model, config, load_data(config, root).test, nll="exact", k=5)
+    iwae_only = lk.measure(model, config, load_data(config, root).test, nll="iwae", k=5)
+    assert "exact" not in iwae_only and iwae_only["iwae"]["k"] == 5
+
+
+def test_evaluate_cli_prints_and_saves_the_likelihoods(trained_runs, capsys):
+    root, runs = trained_runs
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(runs["paper"]), "--nll", "exact", "--k", "50", "--iwae-images", "40",
+              "--data-dir", str(root), "--device", "cpu"])
+    assert stop.value.code in (0, None)
+    out = capsys.readouterr().out
+    saved = json.loads((runs["paper"] / "evaluation.json").read_text())["likelihood"]
+    assert saved["exact"]["images"] == FAKE_TEST and saved["iwae"]["images"] == 40 and saved["iwae"]["k"] == 50
+    assert f"{saved['exact']['nll']:.3f}" in out and f"{saved['iwae']['nll']:.3f}" in out
+    assert "exp(σ)" in saved["q"]
+    # the saved numbers are a deterministic function of the run: evaluating again gives the same
+    again = evaluate_run(runs["paper"], data_dir=root, device="cpu", nll="exact", k=50, iwae_images=40)
+    assert again["likelihood"] == saved
+
+
+def test_evaluate_cli_rejects_exact_for_latent_three(trained_runs, capsys):
+    root, runs = trained_runs
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(runs["elbo3"]), "--nll", "exact", "--data-dir", str(root), "--device", "cpu"])
+    assert stop.value.code == 2
+    assert "--nll iwae" in capsys.readouterr().err
