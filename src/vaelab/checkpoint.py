@@ -133,8 +133,23 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> No
     """Atomically write tensors + JSON-able `meta` as one safetensors file with a checksum."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta_json = json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True)
-    blob = st_save(tensors, metadata={"vaelab": meta_json, "sha256": _digest(tensors, meta_json)})
-    atomic_write(Path(path), blob)
+    # One metadata entry holding the JSON and its checksum: safetensors keeps metadata in a hash map
+    # whose order varies from run to run, so two entries gave identical saves different bytes.
+    record = json.dumps({"meta": meta_json, "sha256": _digest(tensors, meta_json)})
+    atomic_write(Path(path), st_save(tensors, metadata={"vaelab": record}))
+
+
+def _signed_meta(extra) -> tuple[str, str] | None:
+    """(metadata JSON, its SHA-256) from a safetensors header's metadata; None if not vaelab's."""
+    if not isinstance(extra, dict) or not isinstance(extra.get("vaelab"), str):
+        return None
+    if "sha256" in extra:  # the first layout, two entries
+        return extra["vaelab"], extra["sha256"]
+    try:
+        record = json.loads(extra["vaelab"])
+        return record["meta"], record["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -152,12 +167,14 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for every kind of damage
         raise CheckpointError(f"{path}: damaged or not a safetensors file ({type(e).__name__})") from None
-    extra = header.get("__metadata__") or {}
-    if "vaelab" not in extra or "sha256" not in extra:
+    signed = _signed_meta(header.get("__metadata__") if isinstance(header, dict) else None)
+    if signed is None:
         raise CheckpointError(f"{path}: not written by vaelab (no vaelab metadata)")
-    if _digest(tensors, extra["vaelab"]) != extra["sha256"]:
+    if _digest(tensors, signed[0]) != signed[1]:
         raise CheckpointError(f"{path}: checksum mismatch (the file is damaged)")
-    meta = json.loads(extra["vaelab"])
+    meta = json.loads(signed[0])
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not written by vaelab (metadata is not a JSON object)")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer vaelab (format {meta['format_version']}, "
                               f"this one reads up to {FORMAT_VERSION}); upgrade vaelab")

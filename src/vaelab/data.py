@@ -124,10 +124,14 @@ def _present(raw: Path, f: IdxFile) -> Path | None:
 def locate(spec: DatasetSpec, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
     """The `raw/` folder holding all four files of `spec`, downloading them if no root has them."""
     roots = candidate_roots(data_dir)
+    incomplete = []  # roots holding some of the files: say which are missing
     for root in roots:
         raw = root / spec.folder / "raw"
-        if all(_present(raw, f) for f in spec.files.values()):
+        missing = [f.name for f in spec.files.values() if not _present(raw, f)]
+        if not missing:
             return raw
+        if len(missing) < len(spec.files):
+            incomplete.append(f"{raw} lacks {' and '.join(missing)} (or .gz)")
     target = roots[0] / spec.folder / "raw"
     errors = []
     if download:
@@ -140,7 +144,7 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, *, download: b
             errors.append(str(e))
     looked = ", ".join(str(r / spec.folder / "raw") for r in roots)
     raise DataError(
-        f"{spec.name} files not found; looked in {looked}"
+        f"{spec.name} files not found: " + "; ".join(incomplete + [f"looked in {looked}"])
         + (f"; download failed ({errors[0]})" if errors else "")
         + f". Put {', '.join(f.name for f in spec.files.values())} (or their .gz) in ROOT/{spec.folder}/raw/ "
         f"and pass --data-dir ROOT or set {ENV_DATA}=ROOT."

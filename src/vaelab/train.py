@@ -36,6 +36,7 @@ from .checkpoint import (
     append_timing,
     checkpoint_paths,
     load_config,
+    load_tensors,
     load_training_state,
     read_metrics,
     remove_stale_temp_files,
@@ -198,10 +199,10 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     generator = torch.Generator(device=device).manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf}
     if resume:
-        if checkpoint_paths(run_dir) or (run_dir / MODEL_FILE).exists() or read_metrics(run_dir):
+        if _before_first_checkpoint(run_dir):  # starting over is exact: everything is seeded
+            log(f"{run_dir}: stopped before its first checkpoint; starting from epoch 1")
+        else:
             state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
-        else:  # stopped before its first checkpoint: starting over is exact (everything is seeded)
-            log(f"{run_dir}: no checkpoint yet; starting from epoch 1")
         write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     objective = OBJECTIVES[config.objective]
     n = len(data.train)
@@ -210,6 +211,20 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
         return _epochs(config, run_dir, model=model, optimizer=optimizer, generator=generator, state=state,
                        data=data, objective=objective, n_batches=n_batches, stop=stop, progress=progress,
                        log=log)
+
+
+def _before_first_checkpoint(run_dir: Path) -> bool:
+    """Whether a run stopped before its first training checkpoint: none on disk, no metrics, and at
+    most epoch 1's best weights (written just before that checkpoint). Anything else without a usable
+    checkpoint is an error, never a silent fresh start."""
+    if checkpoint_paths(run_dir) or read_metrics(run_dir):
+        return False
+    if not (run_dir / MODEL_FILE).exists():
+        return True
+    try:
+        return load_tensors(run_dir / MODEL_FILE)[1].get("epoch") == 1
+    except CheckpointError:
+        return False
 
 
 def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
