@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -157,29 +158,32 @@ def fetch(f: IdxFile, mirrors: tuple[str, ...], raw: Path, *, timeout: float = 3
     Written to a temporary file in the target folder and renamed only after the MD5 matches, so an
     interrupted or corrupted download never leaves a file that looks complete.
     """
-    raw.mkdir(parents=True, exist_ok=True)
     dest = raw / (f.name + ".gz")
     problems = []
     for base in mirrors:
         url = base + f.name + ".gz"
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{f.name}.", suffix=".part")
+        tmp = None
         try:
-            digest = hashlib.md5()
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                # Only now that a mirror answers: an offline attempt leaves no folder or file behind.
+                raw.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{f.name}.", suffix=".part")
+                digest = hashlib.md5()
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := response.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
             if digest.hexdigest() != f.gz_md5:
                 problems.append(f"{url}: MD5 {digest.hexdigest()} != {f.gz_md5}")
                 continue
             os.replace(tmp, dest)
             return dest
-        except OSError as e:  # URLError, timeouts and disk errors are all OSError
+        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a cut connection, disk errors
             problems.append(f"{url}: {e}")
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
     raise DataError(f"could not download {f.name}.gz: " + "; ".join(problems))
 

@@ -4,7 +4,6 @@ check that every file of a run directory loads."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+from conftest import fake_digits, idx_bytes
 from vaelab import data as vdata
 from vaelab.checkpoint import checkpoint_paths, load_tensors, read_json
 
@@ -29,36 +29,21 @@ BIG_TEST = 100
 # anywhere in it.
 RUN_ARGS = ["--model", "vae", "--objective", "paper", "--latent-dim", "2", "--hidden", "32", "--batch-size", "50",
             "--epochs", "10", "--seed", "3", "--device", "cpu"]
-
-
-def shared_conftest():
-    """tests/conftest.py as a module, loaded by file: every conftest.py is a module named "conftest",
-    so `import conftest` would get whichever pytest loaded last (this directory has one too)."""
-    name = "vaelab_tests_shared_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE.parent / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-FAKE_VALID = shared_conftest().FAKE_VALID  # validation size for the `fake_mnist` fixture's data
+STEPS_PER_EPOCH = BIG_TRAIN // 50
 
 
 def write_cli_sized_mnist(root: Path) -> dict[str, Path]:
     """Fake MNIST big enough for the CLI's default split (10,000 validation + BIG_TRAIN training
     images, BIG_TEST test images), written with the shared fixture's IDX writer; role -> path."""
-    shared = shared_conftest()
     raw = root / vdata.SPECS["mnist"].folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    train_x, train_y = shared.fake_digits(VALID + BIG_TRAIN, seed=0)
-    test_x, test_y = shared.fake_digits(BIG_TEST, seed=1)
+    train_x, train_y = fake_digits(VALID + BIG_TRAIN, seed=0)
+    test_x, test_y = fake_digits(BIG_TEST, seed=1)
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
     paths = {}
     for role, f in vdata.SPECS["mnist"].files.items():
         paths[role] = raw / f.name
-        paths[role].write_bytes(shared.idx_bytes(arrays[role]))
+        paths[role].write_bytes(idx_bytes(arrays[role]))
     return paths
 
 
@@ -175,6 +160,11 @@ def load_every_file(run_dir: Path) -> int:
             raise
         loaded += 1
     return loaded
+
+
+def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """The checkpoint RUN_ARGS writes at the end of `epoch` (its file name counts steps)."""
+    return run_dir / "checkpoints" / f"step-{epoch * STEPS_PER_EPOCH:09d}.safetensors"
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:

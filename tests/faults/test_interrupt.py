@@ -7,12 +7,14 @@ import signal
 import time
 
 import pytest
-from faultkit import FAKE_VALID, RUN_ARGS, assert_same_run, finish, start, wait_until
 
+from conftest import FAKE_VALID
 from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.config import RunConfig
 from vaelab.objectives import OBJECTIVES
 from vaelab.train import TrainingInterrupted, resume, train
+
+from .faultkit import RUN_ARGS, assert_same_run, epoch_checkpoint, finish, start, wait_until
 
 SEED = int(os.environ.get("VAELAB_FAULT_SEED", time.time_ns() % 2**32))  # replay a failure with it
 
@@ -20,12 +22,12 @@ SEED = int(os.environ.get("VAELAB_FAULT_SEED", time.time_ns() % 2**32))  # repla
 def test_ctrl_c_in_a_child_saves_says_how_to_resume_and_exits_130(cli_mnist, reference_run, tmp_path):
     print(f"VAELAB_FAULT_SEED={SEED}")
     root, sums = cli_mnist
-    reference, seconds = reference_run
     run_dir = tmp_path / "run"
+    rng = random.Random(SEED)
     proc = start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", run_dir], tmp=tmp_path)
-    wait_until(lambda: checkpoint_paths(run_dir), proc)
-    deadline = time.monotonic() + random.Random(SEED).uniform(0, 0.4) * seconds
-    wait_until(lambda: time.monotonic() > deadline, proc)
+    # A random moment in epoch 2 to 6 (of 10): usually mid-epoch, at times during its checkpoint.
+    wait_until(epoch_checkpoint(run_dir, rng.randint(1, 5)).exists, proc)
+    time.sleep(rng.uniform(0, 0.05))
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130, err
@@ -36,7 +38,7 @@ def test_ctrl_c_in_a_child_saves_says_how_to_resume_and_exits_130(cli_mnist, ref
     load_tensors(newest)
     code, _, err = finish(start(sums, ["train", "--resume", run_dir, "--data-dir", root], tmp=tmp_path))
     assert code == 0, err
-    assert_same_run(run_dir, reference)
+    assert_same_run(run_dir, reference_run)
 
 
 def tiny(**overrides) -> RunConfig:

@@ -7,10 +7,13 @@ import os
 import random
 import time
 
-from faultkit import (
+from vaelab.checkpoint import LOCK_FILE, SLOW_WRITE_ENV, checkpoint_paths, run_lock
+
+from .faultkit import (
     RUN_ARGS,
     assert_one_clear_line,
     assert_same_run,
+    epoch_checkpoint,
     finish,
     kill,
     load_every_file,
@@ -19,8 +22,6 @@ from faultkit import (
     temp_files,
     wait_until,
 )
-
-from vaelab.checkpoint import LOCK_FILE, SLOW_WRITE_ENV, checkpoint_paths, run_lock
 
 # The moments are random; a failure prints the seed, and VAELAB_FAULT_SEED=<seed> replays it.
 SEED = int(os.environ.get("VAELAB_FAULT_SEED", time.time_ns() % 2**32))
@@ -44,17 +45,17 @@ def test_killed_at_random_moments_and_inside_writes_then_resumed_equals_an_unint
         cli_mnist, reference_run, tmp_path):
     print(f"VAELAB_FAULT_SEED={SEED}")
     root, sums = cli_mnist
-    reference, seconds = reference_run
     rng = random.Random(SEED)
     run_dir = tmp_path / "run"
     watch = Watcher(run_dir)
     resume = ["train", "--resume", run_dir, "--data-dir", root]
 
-    # 1. A random moment of the first run (it may fall before the first checkpoint).
+    # 1. A random moment in epoch 1 to 4 of the first run (epoch 1: before any checkpoint).
     proc = start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", run_dir], tmp=tmp_path)
-    wait_until(lambda: (run_dir / "config.json").exists(), proc, while_waiting=watch)
-    deadline = time.monotonic() + rng.uniform(0.05, 0.5) * seconds
-    wait_until(lambda: time.monotonic() > deadline, proc, while_waiting=watch)
+    epoch = rng.randint(0, 3)
+    wait_until((epoch_checkpoint(run_dir, epoch) if epoch else run_dir / "config.json").exists, proc,
+               while_waiting=watch)
+    time.sleep(rng.uniform(0, 0.08))
     kill(proc)
     watch(force=True)
 
@@ -78,7 +79,7 @@ def test_killed_at_random_moments_and_inside_writes_then_resumed_equals_an_unint
     # 5. Resume to the end: the same bytes as the uninterrupted run, and no temporary file left over.
     code, _, err = finish(start(sums, resume, tmp=tmp_path))
     assert code == 0, err
-    assert_same_run(run_dir, reference)
+    assert_same_run(run_dir, reference_run)
     assert temp_files(run_dir) == []
     assert watch.loads > 0
 
