@@ -180,9 +180,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
     with run_lock(run_dir):
         remove_stale_temp_files(run_dir)
         config = load_config(run_dir)
-        if epochs is not None and epochs != config.epochs:
+        if epochs is not None and epochs != config.epochs:  # saved by _fit once the checkpoint has loaded
             config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
-            save_config(run_dir, config, version=__version__)
         dev = resolve_device(device)
         data = data if data is not None else load_data(config, data_dir)
         data.check()
@@ -203,6 +202,8 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
             log(f"{run_dir}: stopped before its first checkpoint; starting from epoch 1")
         else:
             state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
+        if config != load_config(run_dir):  # a new --epochs total; a failed resume leaves the file as it was
+            save_config(run_dir, config, version=__version__)
         write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     objective = OBJECTIVES[config.objective]
     n = len(data.train)
