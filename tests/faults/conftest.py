@@ -10,7 +10,7 @@ import pytest
 from vaelab import data as vdata
 
 from .fakecli import trusted_specs
-from .faultkit import RUN_ARGS, finish, start, sums_of, write_cli_sized_mnist
+from .faultkit import RUN_ARGS, SMALL_ARGS, finish, run_cli, start, sums_of, write_cli_sized_mnist
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,16 @@ def reference_run(cli_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = finish(start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", tmp / "run"], tmp=tmp))
     assert code == 0, err
     return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def small_reference(cli_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of SMALL_ARGS trained straight through in this process (torch threads as here)."""
+    root, sums = cli_mnist
+    run_dir = tmp_path_factory.mktemp("small-reference") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name, spec in trusted_specs(json.loads(sums.read_text())).items():
+            monkeypatch.setitem(vdata.SPECS, name, spec)
+        code, _, err = run_cli(["train", *SMALL_ARGS, "--data-dir", root, "--out", run_dir])
+    assert code == 0, err
+    return run_dir
