@@ -1,0 +1,248 @@
+"""`vaelab reproduce`: run bookkeeping (reuse, resume, force, mismatches) on fake data, then one
+`--quick` reproduce on real MNIST shared by the tests below it: every file is produced, each figure
+is a real image, the table equals a re-evaluation of the saved checkpoints, the same command gives
+the same table, and a second invocation reuses the finished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer.main
+
+from conftest import FAKE_VALID
+from test_figures import png_stats
+from vaelab import cli
+from vaelab.checkpoint import read_metrics
+from vaelab.config import RunConfig
+from vaelab.evaluate import evaluate_run
+from vaelab.figures import FIGURES
+from vaelab.reproduce import (
+    DEFAULT_EPOCHS,
+    DEFAULT_SEEDS,
+    EXPERIMENT,
+    QUICK_EPOCHS,
+    QUICK_TRAIN_IMAGES,
+    Progress,
+    ReproduceError,
+    RunSpec,
+    ensure_run,
+    make_settings,
+    parse_latent_dims,
+    plan,
+    reproduce,
+)
+from vaelab.train import load_data, train
+
+# --- settings and plan ---------------------------------------------------------------------------
+
+
+def test_settings_defaults_quick_and_overrides():
+    full = make_settings()
+    assert (full.epochs, full.seeds, full.latent_dims) == (DEFAULT_EPOCHS, tuple(range(DEFAULT_SEEDS)), (1, 2))
+    assert full.train_images is None
+    quick = make_settings(quick=True)
+    assert quick.epochs == QUICK_EPOCHS and quick.train_images == QUICK_TRAIN_IMAGES and len(quick.seeds) == 1
+    assert make_settings(quick=True, epochs=7, seeds=2).seeds == (0, 1)
+    assert quick.command(Path("r")) == "vaelab reproduce --quick --out r"
+    assert make_settings(epochs=200, seeds=5).command(Path("r")) == "vaelab reproduce --epochs 200 --seeds 5 --out r"
+    for bad in (dict(epochs=0), dict(seeds=0), dict(latent_dims=(0,))):
+        with pytest.raises(ReproduceError):
+            make_settings(**bad)
+
+
+def test_parse_latent_dims():
+    assert parse_latent_dims("1,2") == (1, 2) and parse_latent_dims("3") == (3,)
+    for bad in ("", "a", "1,1", "0,2"):
+        with pytest.raises(ReproduceError):
+            parse_latent_dims(bad)
+
+
+def test_help_states_the_defaults_the_code_uses():
+    """The CLI help repeats the default budget; it must not drift from the constants."""
+    command = typer.main.get_command(cli.app).commands["reproduce"]
+    help_text = " ".join(p.help or "" for p in command.params)
+    assert f"[default: {DEFAULT_EPOCHS}; quick: {QUICK_EPOCHS}]" in help_text
+    assert f"[default: {DEFAULT_SEEDS}; quick: 1]" in help_text
+    assert f"the first {QUICK_TRAIN_IMAGES} training images" in help_text
+
+
+def test_plan_covers_every_model_dim_and_seed_with_one_setup():
+    specs = plan(make_settings(epochs=4, seeds=2))
+    assert len(specs) == len(EXPERIMENT) * 2 * 2
+    assert len({s.name for s in specs}) == len(specs)
+    for s in specs:
+        assert s.config.epochs == (0 if s.config.model == "pca" else 4)
+        rest = {k: v for k, v in s.config.to_dict().items()
+                if k not in ("model", "objective", "latent_dim", "seed", "epochs")}
+        assert rest == {k: v for k, v in RunConfig().to_dict().items() if k in rest}  # one shared setup
+    assert [s.config.seed for s in specs[:8]] == [0] * 8  # seed-major: all models of seed 0 first
+
+
+# --- runs: reuse, resume, force, mismatch (fake data) ----------------------------------------------
+
+def tiny_spec(epochs: int, **overrides) -> RunSpec:
+    values = dict(model="vae", objective="elbo", latent_dim=2, hidden=(16,), epochs=epochs, batch_size=64,
+                  valid_size=FAKE_VALID)
+    values.update(overrides)
+    return RunSpec(RunConfig(**values), None)
+
+
+def test_ensure_run_trains_reuses_resumes_and_forces(fake_mnist, tmp_path):
+    data = load_data(tiny_spec(1).config, fake_mnist)
+    run = tmp_path / "run"
+    assert ensure_run(tiny_spec(2), run, data=data) == "trained"
+    timing = (run / "timing.jsonl").read_text()
+    assert ensure_run(tiny_spec(2), run, data=data) == "reused"
+    assert (run / "timing.jsonl").read_text() == timing  # nothing retrained
+    assert ensure_run(tiny_spec(3), run, data=data) == "resumed"
+    assert [h["epoch"] for h in read_metrics(run)] == [1, 2, 3]
+    straight = tmp_path / "straight"
+    ensure_run(tiny_spec(3), straight, data=data)
+    assert read_metrics(straight) == read_metrics(run)  # resuming gives the same run as training straight
+    (run / "marker").write_text("from before")
+    assert ensure_run(tiny_spec(3), run, data=data, force=True) == "trained"
+    assert not (run / "marker").exists()  # the old directory was replaced
+    assert read_metrics(run) == read_metrics(straight)
+
+
+def test_a_run_made_with_other_settings_is_refused_not_reused(fake_mnist, tmp_path):
+    data = load_data(tiny_spec(1).config, fake_mnist)
+    run = tmp_path / "run"
+    ensure_run(tiny_spec(2), run, data=data)
+    with pytest.raises(ReproduceError, match=r"lr 0\.001 \(asked 0\.01\).*--force"):
+        ensure_run(tiny_spec(2, lr=0.01), run, data=data)
+    with pytest.raises(ReproduceError, match="2 epochs done"):
+        ensure_run(tiny_spec(1), run, data=data)
+    with pytest.raises(ReproduceError, match="training images all"):
+        ensure_run(RunSpec(tiny_spec(2).config, 150), run, data=data)
+
+
+def test_a_quick_run_trains_on_the_first_images_and_records_it(fake_mnist, tmp_path):
+    data = load_data(tiny_spec(1).config, fake_mnist)
+    ensure_run(RunSpec(tiny_spec(1).config, 64), tmp_path / "a", data=data)
+    assert json.loads((tmp_path / "a" / "reproduce.json").read_text()) == {"train_images": 64}
+    # the same run trained by hand on the first 64 images is identical
+    subset = type(data)(data.train[:64], data.valid, data.test, data.binarize, data.splits)
+    train(tiny_spec(1).config, tmp_path / "b", data=subset, progress=False, log=lambda m: None)
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+
+
+def test_progress_counts_the_trainers_epochs(fake_mnist, tmp_path, capsys):
+    data = load_data(tiny_spec(1).config, fake_mnist)
+    bar = Progress(total=4, n_runs=2, enabled=True)
+    bar.start(0, "vae-elbo-z2-s0")
+    ensure_run(tiny_spec(3), tmp_path / "run", data=data, log=bar.log)
+    bar.start(1, "pca")
+    ensure_run(RunSpec(RunConfig(model="pca", objective="squared-error", epochs=0, valid_size=FAKE_VALID), None),
+               tmp_path / "pca", data=data, log=bar.log)
+    assert bar.bar.n == 4  # three epochs and one PCA fit
+    bar.close()
+    err = capsys.readouterr().err
+    assert "run 1/2 vae-elbo-z2-s0" in err and "epoch 3/3" in err and "4/4 epochs" in err
+
+
+def test_progress_is_silent_when_not_a_terminal(capsys):
+    bar = Progress(total=2, n_runs=1)  # enabled=None: only when stderr is a terminal (here it is captured)
+    bar.start(0, "x")
+    bar.log("epoch 1/2  train loss 1.00  valid loss 1.00 nats/image  (0.1 s)")
+    bar.close()
+    assert capsys.readouterr().err == ""
+
+
+# --- one real --quick reproduce, shared ---------------------------------------------------------
+
+EXPECTED_SIZES = {"structure": (1300, 480), "curves": (1200, 600), "reconstructions": (680, 408),
+                  "samples": (1280, 680), "latent": (920, 1370), "manifold": (1120, 700),
+                  "interpolation": (786, 484)}
+
+
+@pytest.fixture(scope="module")
+def quick(mnist_root, tmp_path_factory) -> dict:
+    """`vaelab reproduce --quick` run as a user runs it (a subprocess, output not a terminal)."""
+    out = tmp_path_factory.mktemp("reproduce") / "report"
+    env = {**os.environ, "VAELAB_DATA": str(mnist_root)}
+    done = subprocess.run([str(Path(sys.executable).parent / "vaelab"), "reproduce", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    return {"out": out, "done": done, "root": mnist_root}
+
+
+def test_quick_writes_every_file_quietly(quick):
+    done, out = quick["done"], quick["out"]
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "index.html" in done.stdout
+    for name in ("results.md", "results.csv", "results.json", "index.md", "index.html"):
+        assert (out / name).stat().st_size > 0, name
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == sorted(s.name for s in plan(make_settings(quick=True)))
+
+
+def test_every_figure_is_a_real_image(quick):
+    for name in FIGURES:
+        stats = png_stats(quick["out"] / "figures" / f"{name}.png")
+        assert stats["size"] == EXPECTED_SIZES[name], name
+        assert stats["std"] > 0.1, name  # not a blank canvas
+    assert png_stats(quick["out"] / "figures" / "latent.png")["colored"] > 0.01  # 10k coloured test codes
+
+
+def test_table_equals_a_reevaluation_of_the_saved_runs(quick):
+    out = quick["out"]
+    results = json.loads((out / "results.json").read_text())
+    data = load_data(RunConfig(), quick["root"])
+    assert len(results["rows"]) == len(EXPERIMENT) * 2
+    for row in results["rows"]:
+        for i, name in enumerate(row["runs"]):
+            fresh = evaluate_run(out / "runs" / name, data=data)
+            cells = row["cells"]
+            assert cells["test_squared_error"]["values"][i] == pytest.approx(fresh["test"]["squared_error"], rel=1e-9)
+            if row["model"] == "pca":
+                assert cells["test_loss"] is None
+                continue
+            for key in ("loss", "reconstruction", "regularizer"):
+                assert cells[f"test_{key}"]["values"][i] == pytest.approx(fresh["test"][key], rel=1e-9), key
+            # the minimum of metrics.jsonl is the validation loss of the saved best weights
+            assert cells["min_valid_loss"]["values"][i] == pytest.approx(fresh["valid"]["loss"], rel=1e-9)
+            assert cells["best_epoch"]["values"][i] == fresh["epoch"]
+
+
+def test_the_same_command_gives_the_same_table(quick, tmp_path):
+    reproduce(tmp_path / "again", settings=make_settings(quick=True), data_dir=quick["root"])
+    for name in ("results.md", "results.csv"):
+        assert (tmp_path / "again" / name).read_text() == (quick["out"] / name).read_text(), name
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again == json.loads((quick["out"] / "results.json").read_text())
+
+
+def test_a_second_invocation_reuses_finished_runs(quick):
+    out = quick["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
+    table = (out / "results.csv").read_text()
+    reproduce(out, settings=make_settings(quick=True), data_dir=quick["root"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")} == before
+    assert (out / "results.csv").read_text() == table
+    assert "8 of 8 runs were reused" in (out / "index.md").read_text()
+
+
+def test_other_settings_into_the_same_out_are_refused(quick, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["reproduce", "--out", str(quick["out"]), "--data-dir", str(quick["root"])])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "training images 10000 (asked all)" in err and "--force" in err and "Traceback" not in err
+
+
+def test_report_embeds_every_figure_and_states_the_setup(quick):
+    page = (quick["out"] / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    md = (quick["out"] / "index.md").read_text()
+    for text in ("vaelab reproduce --quick", f"first {QUICK_TRAIN_IMAGES} of these 50000 training images",
+                 "torch " + torch.__version__, "Wall time of this command", "## Discussion"):
+        assert text in md, text
+    for name in FIGURES:
+        assert f"](figures/{name}.png)" in md
