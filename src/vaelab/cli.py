@@ -134,7 +134,7 @@ def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
     n: Annotated[int, typer.Option("-n", help="Number of images", min=1, max=10000)] = 64,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write")] = Path("samples.png"),
-    seed: Annotated[int, typer.Option(help="Seed for the codes")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the codes", min=-(2**63), max=2**64 - 1)] = 0,
     device: Device = "auto",
 ) -> None:
     """Decode codes drawn from the prior N(0, I) and save them as a PNG grid."""

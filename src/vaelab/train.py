@@ -46,7 +46,7 @@ from .checkpoint import (
     save_training_state,
     write_metrics,
 )
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import PixelData, load_splits, pixel_data
 from .models import PCA, build_model
 from .objectives import OBJECTIVES, evaluate_objective
@@ -125,8 +125,15 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 def init_model(config: RunConfig, device: torch.device) -> nn.Module:
     """The model for `config` with weights drawn from `config.seed`, leaving torch's global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config)
+        try:
+            torch.manual_seed(config.seed)
+        except ValueError:
+            raise ConfigError(f"seed {config.seed} is out of range: torch takes -2**63 to 2**64 - 1") from None
+        try:
+            model = build_model(config)
+        except (RuntimeError, TypeError, MemoryError) as e:  # sizes beyond memory or beyond int64
+            raise ConfigError(f"cannot build a {config.model} with hidden sizes {list(config.hidden)} and latent "
+                              f"dim {config.latent_dim}: too large ({str(e).splitlines()[0]})") from None
     return model.to(device)
 
 
@@ -155,6 +162,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     dev = resolve_device(device)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
+    init_model(config, dev)  # sizes or a seed that cannot be used fail here, before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1,0 +1,137 @@
+"""CLI fuzz: random argument lists to `vaelab` exit 0, 1 or 2 and never print a traceback.
+
+In this process through `vaelab.cli.main` (many examples), and a few through the installed `vaelab`
+console script. Bounded so that no example trains for long: the data are the small fake set, no
+network, and every `train` ends with `--epochs 0`, so what is fuzzed is parsing, validation, data
+loading, model building and the run-directory writes (not the epochs themselves).
+"""
+
+import contextlib
+import functools
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import urllib.error
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from vaelab import data as vdata
+from vaelab import evaluate as vevaluate
+from vaelab import train as vtrain
+
+from .faultkit import SMALL_ARGS, child_env, run_cli
+
+RUN = "<run>"  # stands for a fresh copy of a trained run directory
+DATA = "<data>"  # stands for the data root
+
+# Free text has no digits, "/" or ".": numbers come from the bounded strategies below, and paths stay
+# inside the example's temporary directory.
+TEXT = st.text(alphabet=string.ascii_letters + "-_=,:@ ", max_size=10)
+# Small numbers, and numbers too large for any allocation (they must fail at once, not fill memory).
+INT = st.one_of(st.integers(-3, 9), st.sampled_from([10**12, 2**63, -(2**63) - 1, 10**20])).map(str)
+FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), st.sampled_from(["1e-30", "-0"]))
+PATH = st.sampled_from(["out", "a/b", ".", "", "x.png", "x.txt", RUN, DATA, "missing"])
+
+
+def choice(*words: str):
+    return st.one_of(st.sampled_from(words), TEXT)
+
+
+OPTIONS = {
+    "train": {"--model": choice("vae", "pca", "autoencoder"), "--objective": choice("paper", "elbo", "reconstruction",
+              "squared-error"), "--latent-dim": INT, "--hidden": st.one_of(INT, choice("8,4", "4,4,4", "8,-1", ",")),
+              "--epochs": st.one_of(st.integers(-2, 1).map(str), TEXT), "--batch-size": st.one_of(
+              st.sampled_from(["50", "300", "5000", "0", "-1"]), TEXT), "--lr": FLOAT, "--beta": FLOAT,
+              "--binarize": choice("dynamic", "none"), "--dataset": choice("mnist", "fashion-mnist", "kmnist"),
+              "--seed": st.integers(-(2**70), 2**70).map(str), "--device": choice("cpu", "cuda", "auto"),
+              "--data-dir": PATH, "--out": PATH, "--resume": PATH},
+    "evaluate": {"--data-dir": PATH, "--device": choice("cpu", "cuda", "auto"), "--nll": choice("exact", "iwae"),
+                 "--k": st.integers(-1, 3).map(str), "--iwae-images": INT},
+    "sample": {"-n": st.one_of(st.integers(-2, 20).map(str), TEXT), "-o": PATH, "--output": PATH,
+               "--seed": st.integers(-(2**70), 2**70).map(str), "--device": choice("cpu", "cuda", "auto")},
+    "version": {},
+}
+NOISE = st.one_of(st.sampled_from(["--no-such-flag", "-x", "--", "-", "--help", "frobnicate"]), TEXT, INT)
+# Mostly well-formed, so that most examples get past parsing into the code behind it: a usable run
+# directory as the positional argument and a --out or --resume for `train`, usually; noise rarely.
+TARGET = {"train": st.one_of(st.tuples(st.sampled_from(["--out", "--resume"]), st.sampled_from(["out", RUN])),
+                             st.tuples(st.sampled_from(["--out", "--resume"]), PATH), st.just(())),
+          "evaluate": st.one_of(st.just((RUN,)), st.tuples(st.one_of(PATH, TEXT)), st.just(())),
+          "sample": st.one_of(st.just((RUN,)), st.tuples(st.one_of(PATH, TEXT)), st.just(())),
+          "version": st.just(())}
+RARE_NOISE = st.one_of(st.just([]), st.just([]), st.just([]), st.lists(NOISE, min_size=1, max_size=2))
+
+
+def command_line(name: str):
+    """[name, target, --flag value ..., noise ...]"""
+    options = OPTIONS[name]
+    flags = st.lists(st.sampled_from(sorted(options)).flatmap(lambda f: options[f].map(lambda v: [f, v])),
+                     max_size=5) if options else st.just([])
+    return st.tuples(TARGET[name], flags, RARE_NOISE).map(
+        lambda t: [name, *t[0], *(token for pair in t[1] for token in pair), *t[2]])
+
+
+ARGV = st.one_of(*(command_line(name) for name in OPTIONS), st.lists(st.one_of(NOISE, PATH), max_size=4))
+
+
+def bounded(argv: list[str], run_dir: Path, data_root: Path) -> list[str]:
+    """Placeholders filled in; `train` without --epochs gets --epochs 0 (its default, 30, is too long)."""
+    argv = [str(run_dir) if a == RUN else str(data_root) if a == DATA else a for a in argv]
+    return argv + ["--epochs", "0"] if argv[:1] == ["train"] and "--epochs" not in argv else argv
+
+
+def refuse_downloads(*args, **kwargs):
+    raise urllib.error.URLError("offline (test)")
+
+
+@pytest.fixture
+def world(trusted_cli_mnist, tmp_path, monkeypatch):
+    """A trained run to copy per example, the CLI-sized fake data as $VAELAB_DATA, no network, and data
+    loading memoized (the same files are loaded for most examples)."""
+    monkeypatch.setenv(vdata.ENV_DATA, str(trusted_cli_mnist))
+    monkeypatch.setattr(vdata.urllib.request, "urlopen", refuse_downloads)
+    memoized = functools.lru_cache(maxsize=8)(vtrain.load_data)
+    monkeypatch.setattr(vtrain, "load_data", memoized)
+    monkeypatch.setattr(vevaluate, "load_data", memoized)
+    code, _, err = run_cli(["train", *SMALL_ARGS, "--epochs", "1", "--hidden", "8", "--out", tmp_path / "run"])
+    assert code == 0, err
+    (tmp_path / "data").symlink_to(trusted_cli_mnist)
+    return tmp_path
+
+
+@settings(max_examples=200, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(argv=ARGV)
+def test_random_command_lines_in_process(argv, world):
+    with tempfile.TemporaryDirectory(dir=world) as cwd, contextlib.chdir(cwd):
+        shutil.copytree(world / "run", Path(cwd) / "run")
+        argv = bounded(argv, Path(cwd) / "run", world / "data")
+        code, out, err = run_cli(argv)  # any exception other than SystemExit fails the test here
+    event(f"{argv[0] if argv else '(none)'} exits {code}")  # shown by --hypothesis-show-statistics
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in out + err, argv
+    if code:
+        assert err.strip(), argv
+
+
+def vaelab_command() -> list[str]:
+    script = shutil.which("vaelab", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-c", "from vaelab.cli import main; main()"]
+
+
+@settings(max_examples=4, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=ARGV)
+def test_random_command_lines_through_the_console_script(argv, tmp_path):
+    with tempfile.TemporaryDirectory(dir=tmp_path) as cwd:
+        # No data anywhere and no network: a training that gets past its arguments fails at the data.
+        argv = bounded(argv, Path(cwd) / "missing-run", Path(cwd) / "missing-data")
+        proc = subprocess.run(vaelab_command() + argv, cwd=cwd, env=child_env(Path(cwd)), capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode in (0, 1, 2), (argv, proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr, (argv, proc.stderr)
