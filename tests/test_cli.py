@@ -19,36 +19,26 @@ def run(argv, capsys):
     return code, out, err
 
 
-def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("vaelab.train.load_data", _fake_loader(fake_mnist))
+def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys):
     run_dir = tmp_path / "vae-z2"
     code, out, err = run(["train", "--model", "vae", "--objective", "paper", "--latent-dim", 2, "--hidden", "32,16",
-                          "--epochs", 2, "--out", run_dir], capsys)
+                          "--epochs", 2, "--valid-size", FAKE_VALID, "--data-dir", fake_mnist, "--out", run_dir],
+                         capsys)
     assert code == 0, err
     assert "2 epochs" in out and "best valid loss" in out
-    code, out, err = run(["evaluate", run_dir], capsys)
+    code, out, err = run(["evaluate", run_dir, "--data-dir", fake_mnist], capsys)
     assert code == 0, err
     saved = json.loads((run_dir / "evaluation.json").read_text())
     assert f"{saved['test']['loss']:10.3f}" in out
     code, out, err = run(["sample", run_dir, "-n", 16, "-o", tmp_path / "s.png"], capsys)
     assert code == 0, err
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3], capsys)
+    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3, "--data-dir", fake_mnist], capsys)
     assert code == 0, err
     assert "3 epochs" in out
-    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3], capsys)  # finished: no-op
+    code, out, err = run(["train", "--resume", run_dir, "--epochs", 3, "--data-dir", fake_mnist],
+                         capsys)  # finished: a no-op
     assert code == 0 and "3 epochs" in out
-
-
-def _fake_loader(root):
-    from vaelab.config import RunConfig
-    from vaelab.data import load_splits, pixel_data
-
-    def load(config: RunConfig, data_dir=None):
-        splits = load_splits(config.dataset, root, valid_size=FAKE_VALID)
-        return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
-
-    return load
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -74,8 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-def test_foreign_directory_and_mismatched_checkpoint(fake_mnist, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("vaelab.train.load_data", _fake_loader(fake_mnist))
+def test_foreign_directory_and_mismatched_checkpoint(fake_mnist, tmp_path, capsys):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("hello")
     code, _, err = run(["evaluate", tmp_path / "foreign"], capsys)
@@ -83,7 +72,9 @@ def test_foreign_directory_and_mismatched_checkpoint(fake_mnist, tmp_path, capsy
     code, _, err = run(["train", "--resume", tmp_path / "foreign"], capsys)
     assert code == 2 and "not a vaelab run directory" in err
     run_dir = tmp_path / "run"
-    assert run(["train", "--hidden", "16", "--epochs", 1, "--out", run_dir], capsys)[0] == 0
+    code, _, err = run(["train", "--hidden", "16", "--epochs", 1, "--valid-size", FAKE_VALID, "--data-dir", fake_mnist,
+                        "--out", run_dir], capsys)
+    assert code == 0, err
     raw = json.loads((run_dir / "config.json").read_text())
     raw["config"]["hidden"] = [24]
     (run_dir / "config.json").write_text(json.dumps(raw))

@@ -42,23 +42,31 @@ class UsageProblem(Exception):
     """Bad input found after parsing (e.g. flags that conflict)."""
 
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root holding MNIST/raw/ (then $VAELAB_DATA, then the cache).")]
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Data root holding MNIST/raw/ (then $VAELAB_DATA, then the cache).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+D = RunConfig()  # the defaults, shown in --help (the options default to None so --resume can refuse them)
 
 
 @app.command(epilog="Example: vaelab train --model vae --objective paper --latent-dim 2 --epochs 30 --out runs/vae-z2")
 def train(
-    model: Annotated[str | None, typer.Option(help="pca | autoencoder | vae  [default: vae]")] = None,
-    objective: Annotated[str | None, typer.Option(help="paper | elbo (vae); reconstruction (autoencoder)  [default: per model]")] = None,
-    latent_dim: Annotated[int | None, typer.Option(help="Size of the code (the paper uses 1 and 2)  [default: 2]")] = None,
-    hidden: Annotated[str | None, typer.Option(help="Encoder hidden widths, e.g. 512,256  [default: 512,256]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Total epochs; on --resume, continue up to this  [default: 30]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size  [default: 128]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate  [default: 0.001]")] = None,
-    beta: Annotated[float | None, typer.Option(help="Weight on the regulariser  [default: 1]")] = None,
-    binarize: Annotated[str | None, typer.Option(help="dynamic | none  [default: dynamic]")] = None,
-    dataset: Annotated[str | None, typer.Option(help="mnist | fashion-mnist | kmnist  [default: mnist]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed  [default: 0]")] = None,
+    model: Annotated[str | None, typer.Option(help=f"pca | autoencoder | vae  [default: {D.model}]")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="paper | elbo (vae); reconstruction (autoencoder)  [default: paper for vae]")] = None,
+    latent_dim: Annotated[int | None, typer.Option(
+        help=f"Size of the code (the paper uses 1 and 2)  [default: {D.latent_dim}]")] = None,
+    hidden: Annotated[str | None, typer.Option(
+        help=f"Encoder hidden widths, decoder mirrors them  [default: {','.join(map(str, D.hidden))}]")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help=f"Total epochs; on --resume, continue up to this  [default: {D.epochs}]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Minibatch size  [default: {D.batch_size}]")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Adam learning rate  [default: {D.lr}]")] = None,
+    beta: Annotated[float | None, typer.Option(help=f"Weight on the regulariser  [default: {D.beta:g}]")] = None,
+    binarize: Annotated[str | None, typer.Option(help=f"dynamic | none  [default: {D.binarize}]")] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"mnist | fashion-mnist | kmnist  [default: {D.dataset}]")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Random seed  [default: {D.seed}]")] = None,
+    valid_size: Annotated[int | None, typer.Option(
+        help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option(help="New run directory")] = None,
@@ -69,11 +77,12 @@ def train(
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
-             "seed": seed}
+             "seed": seed, "valid_size": valid_size}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:
-            raise UsageProblem(f"--resume continues a run as configured; drop {', '.join(fixed + (['--out'] if out else []))}")
+            drop = ", ".join(fixed + (["--out"] if out else []))
+            raise UsageProblem(f"--resume continues a run as configured; drop {drop}")
         result = training.resume(resume, epochs=epochs, data_dir=data_dir, device=device)
     else:
         if out is None:
@@ -87,7 +96,8 @@ def train(
             values["epochs"] = epochs
         config = RunConfig(**values)
         result = training.train(config, out, data_dir=data_dir, device=device)
-    best = f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history else "nothing to do"
+    best = (f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history
+            else "nothing to do")
     typer.echo(f"{result.run_dir}: {result.epochs_done} epochs, {best}")
 
 
