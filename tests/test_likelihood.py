@@ -99,27 +99,45 @@ def test_quadrature_matches_scipy_in_two_dimensions():
         assert float(exact.nll[n]) == pytest.approx(-(math.log(value) + shift), abs=2e-3)
 
 
-def test_quadrature_does_not_change_when_the_grid_is_refined():
-    model, _ = tiny_vae(2, n_pixels=20, scale=4.0)
-    x = binary_images(40, 20)
+def sharp_vae():
+    """150 pixels and large weights: posteriors sharp enough that the scan alone is not resolved."""
+    model, _ = tiny_vae(2, n_pixels=150, scale=6.0)
+    return model, binary_images(30, 150)
+
+
+def test_tiled_quadrature_equals_the_plain_rule_on_its_fine_grid():
+    model, x = sharp_vae()
+    est = lk.tiled_quadrature(model, x, dim=2, limit=4.0, scan_step=1 / 16, fine_step=1 / 64)
+    assert est["refined_images"] == len(x)
+    plain = lk.quadrature(model, x, lk.Grid(2, 4.0, 1 / 64))
+    error = (est["fine"] - plain).abs()
+    assert float(error.max()) < 2e-3
+    # the scan alone is much further off: the refined tiles do the work
+    assert float((est["scan"] - plain).abs().mean()) > 5 * float(error.mean())
+
+
+def test_exact_nll_does_not_move_when_the_grid_is_refined():
+    model, x = sharp_vae()
     exact = lk.exact_nll(model, x)
     g = exact.grid
-    finer = lk.quadrature(model, x, lk.Grid(2, g["limit"] + 2, g["step"] / 2))["fine"]
-    assert float((finer + exact.nll).abs().mean()) < lk.TOLERANCE
-    # the reported changes are the ones the refinement rule tested
-    assert g["change_vs_double_step"] < lk.TOLERANCE and g["change_vs_limit_minus_1"] < lk.TOLERANCE
+    assert g["converged"]
+    assert g["change_vs_double_step"] < lk.TOLERANCE and g["mass_outside_limit_minus_1"] < lk.TOLERANCE
+    finer = lk.exact_nll(model, x, limit=g["limit"] + 2, scan_step=g["scan_step"] / 2,
+                         fine_step=g["fine_step"] / 2)  # half the steps, a wider square
+    assert float((finer.nll - exact.nll).abs().mean()) < lk.TOLERANCE / 2
 
 
-def test_refinement_goes_finer_when_the_start_grid_is_too_coarse():
-    model, _ = tiny_vae(2, n_pixels=20, scale=4.0)
-    x = binary_images(40, 20)
-    start = lk.Grid(2, 2.0, 1.0)  # far too coarse and too narrow for this integrand
-    exact = lk.exact_nll(model, x, grid=start)
+def test_refinement_goes_finer_and_wider_when_the_start_grid_is_too_coarse():
+    model, _ = tiny_vae(2, n_pixels=60, scale=3.0)
+    x = binary_images(40, 60)
+    exact = lk.exact_nll(model, x, limit=1.0, scan_step=0.5, fine_step=0.25)
     assert exact.grid["converged"]
-    assert exact.grid["step"] < 1.0 and exact.grid["limit"] > 2.0
-    capped = lk.exact_nll(model, x, grid=start, max_points=100)
-    assert not capped.grid["converged"] and capped.grid["points"] <= 100
-    assert float((capped.nll - exact.nll).abs().mean()) > lk.TOLERANCE  # the coarse answer really was off
+    assert exact.grid["fine_step"] < 0.25 and exact.grid["limit"] > 1.0
+    reference = lk.exact_nll(model, x)
+    assert float((exact.nll - reference.nll).abs().mean()) < lk.TOLERANCE
+    capped = lk.exact_nll(model, x, limit=1.0, scan_step=0.5, fine_step=0.25, max_limit=1.0, min_fine_step=0.25)
+    assert not capped.grid["converged"]
+    assert float((capped.nll - reference.nll).abs().mean()) > lk.TOLERANCE  # the coarse answer really was off
 
 
 def test_exact_nll_refuses_latent_dimensions_above_two():
@@ -200,8 +218,11 @@ def test_exact_below_iwae_below_neg_elbo_on_a_trained_model(trained_runs, name):
     assert float(sampled["iwae"].mean()) <= float(sampled["neg_elbo"].mean()) + 0.05
     assert float(sampled["neg_elbo"].mean() - exact.mean()) > 0.1  # a real posterior gap on a real model
     # the ELBO's reconstruction term is the objective's own reconstruction term (same q, more samples)
-    one_sample = evaluate_objective(model, config.objective, x, seed=0)["reconstruction"]
-    assert float(sampled["reconstruction"].mean()) == pytest.approx(one_sample, rel=0.02)
+    # (the objective draws one noise sample per image: average 30 seeds and allow 4 standard errors)
+    draws = torch.tensor([evaluate_objective(model, config.objective, x, seed=s)["reconstruction"]
+                          for s in range(30)])
+    slack = 4 * float(draws.std()) / math.sqrt(len(draws)) + 0.05
+    assert float(sampled["reconstruction"].mean()) == pytest.approx(float(draws.mean()), abs=slack)
 
 
 def test_measure_reports_na_for_the_autoencoder_and_refuses_exact_above_two(trained_runs):
@@ -218,10 +239,8 @@ def test_measure_reports_na_for_the_autoencoder_and_refuses_exact_above_two(trai
 
 def test_evaluate_cli_prints_and_saves_the_likelihoods(trained_runs, capsys):
     root, runs = trained_runs
-    with pytest.raises(SystemExit) as stop:
-        main(["evaluate", str(runs["paper"]), "--nll", "exact", "--k", "50", "--iwae-images", "40",
-              "--data-dir", str(root), "--device", "cpu"])
-    assert stop.value.code in (0, None)
+    main(["evaluate", str(runs["paper"]), "--nll", "exact", "--k", "50", "--iwae-images", "40",
+          "--data-dir", str(root), "--device", "cpu"])  # returns normally on success
     out = capsys.readouterr().out
     saved = json.loads((runs["paper"] / "evaluation.json").read_text())["likelihood"]
     assert saved["exact"]["images"] == FAKE_TEST and saved["iwae"]["images"] == 40 and saved["iwae"]["k"] == 50
