@@ -6,13 +6,18 @@ replacement there and then calls the real entry point, `vaelab.cli.main`. Nothin
 from the `vaelab` console script.
 
     python fakecli.py SUMS_JSON [vaelab arguments ...]
+    python fakecli.py SUMS_JSON --each COMMANDS_JSON
 
-SUMS_JSON maps dataset -> role -> {"md5": ..., "gz_md5": ...} (see faultkit.write_sums).
+SUMS_JSON maps dataset -> role -> {"md5": ..., "gz_md5": ...} (see faultkit.sums_of). With --each,
+COMMANDS_JSON is a list of argument lists run one after another in this process (one torch import
+for all); it prints {"optimize": sys.flags.optimize, "results": [[exit code, stderr], ...]}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import signal
 import sys
@@ -38,4 +43,17 @@ if __name__ == "__main__":
     vdata.SPECS.update(trusted_specs(json.loads(Path(sys.argv[1]).read_text())))
     from vaelab.cli import main
 
-    main(sys.argv[2:])
+    if sys.argv[2:3] != ["--each"]:
+        main(sys.argv[2:])
+        sys.exit(0)
+    results = []
+    for argv in json.loads(Path(sys.argv[3]).read_text()):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        results.append([code, err.getvalue()])
+    print(json.dumps({"optimize": sys.flags.optimize, "results": results}))

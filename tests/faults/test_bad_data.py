@@ -88,21 +88,24 @@ def test_damaged_data_gives_one_clear_line_and_writes_nothing(case, fake_mnist, 
 
 
 def test_the_same_under_python_dash_O(fake_mnist, tmp_path):
-    """Every case in its own child `python -O` (run side by side), where asserts would be stripped."""
+    """Every case again in a child `python -O`, which strips assert statements."""
     sums = tmp_path / "sums.json"
     sums.write_text(json.dumps(current_sums()))
-    children = {}
+    commands, expected = [], []
     for i, case in enumerate(CASES):
         root = tmp_path / f"data{i}"
         shutil.copytree(fake_mnist, root)
-        code, needles = damage(case, root / "MNIST" / "raw")
-        proc = start(sums, train_args(case, root, tmp_path / f"run{i}"), tmp=tmp_path, optimize=True)
-        children[case] = (proc, code, needles, root)
-    for case, (proc, code, needles, root) in children.items():
-        got, out, err = finish(proc)
-        assert got == code, (case, err)
+        expected.append(damage(case, root / "MNIST" / "raw"))
+        commands.append([str(a) for a in train_args(case, root, tmp_path / f"run{i}")])
+    (tmp_path / "commands.json").write_text(json.dumps(commands))
+    code, out, err = finish(start(sums, ["--each", tmp_path / "commands.json"], tmp=tmp_path, optimize=True))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["optimize"] == 1  # asserts really were stripped
+    for i, (case, (got, err), (want, needles)) in enumerate(zip(CASES, report["results"], expected, strict=True)):
+        assert got == want, (case, err)
         assert_one_clear_line(err, *needles)
-        assert not (root.parent / f"run{list(children).index(case)}").exists()
+        assert not (tmp_path / f"run{i}").exists()
 
 
 def test_no_assert_statements_in_the_package():
