@@ -9,12 +9,21 @@ import time
 import pytest
 
 from conftest import FAKE_VALID
-from vaelab.checkpoint import checkpoint_paths, load_tensors
+from vaelab.checkpoint import SLOW_WRITE_ENV, checkpoint_paths, load_tensors
 from vaelab.config import RunConfig
 from vaelab.objectives import OBJECTIVES
 from vaelab.train import TrainingInterrupted, resume, train
 
-from .faultkit import RUN_ARGS, assert_same_run, epoch_checkpoint, finish, start, wait_until
+from .faultkit import (
+    RUN_ARGS,
+    assert_one_clear_line,
+    assert_same_run,
+    epoch_checkpoint,
+    finish,
+    start,
+    temp_files,
+    wait_until,
+)
 
 SEED = int(os.environ.get("VAELAB_FAULT_SEED", time.time_ns() % 2**32))  # replay a failure with it
 
@@ -39,6 +48,19 @@ def test_ctrl_c_in_a_child_saves_says_how_to_resume_and_exits_130(cli_mnist, ref
     code, _, err = finish(start(sums, ["train", "--resume", run_dir, "--data-dir", root], tmp=tmp_path))
     assert code == 0, err
     assert_same_run(run_dir, reference_run)
+
+
+def test_ctrl_c_before_training_exits_130_and_leaves_no_half_written_file(cli_mnist, tmp_path):
+    root, sums = cli_mnist
+    run_dir = tmp_path / "run"
+    proc = start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", run_dir], tmp=tmp_path,
+                 env={SLOW_WRITE_ENV: "0.5"})
+    wait_until(lambda: any(run_dir.glob(".config.json.*.tmp")), proc)  # inside the first write
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130
+    assert_one_clear_line(err, "vaelab: error: interrupted")
+    assert not (run_dir / "config.json").exists() and temp_files(run_dir) == []
 
 
 def tiny(**overrides) -> RunConfig:

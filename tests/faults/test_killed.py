@@ -50,16 +50,24 @@ def test_killed_at_random_moments_and_inside_writes_then_resumed_equals_an_unint
     watch = Watcher(run_dir)
     resume = ["train", "--resume", run_dir, "--data-dir", root]
 
-    # 1. A random moment in epoch 1 to 4 of the first run (epoch 1: before any checkpoint).
-    proc = start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", run_dir], tmp=tmp_path)
-    epoch = rng.randint(0, 3)
-    wait_until((epoch_checkpoint(run_dir, epoch) if epoch else run_dir / "config.json").exists, proc,
-               while_waiting=watch)
+    # 1. Inside the first checkpoint write (held open by the hook): the best weights of epoch 1 exist,
+    # no checkpoint does yet.
+    proc = start(sums, ["train", *RUN_ARGS, "--data-dir", root, "--out", run_dir], tmp=tmp_path, env=SLOW)
+    first = run_dir / "checkpoints" / f".{epoch_checkpoint(run_dir, 1).name}.*.tmp"
+    wait_until(lambda: any(first.parent.glob(first.name)), proc, while_waiting=watch)
+    kill(proc)
+    assert list(first.parent.glob(first.name)) and checkpoint_paths(run_dir) == []
+    assert (run_dir / "model.safetensors").exists()
+    watch(force=True)
+
+    # 2. A random moment in epoch 2 to 4 (or its checkpoint).
+    proc = start(sums, resume, tmp=tmp_path)
+    wait_until(epoch_checkpoint(run_dir, rng.randint(1, 3)).exists, proc, while_waiting=watch)
     time.sleep(rng.uniform(0, 0.08))
     kill(proc)
     watch(force=True)
 
-    # 2-3. Inside a checkpoint write, then inside a write of the best weights, each held open by the hook.
+    # 3-4. Inside a checkpoint write, then inside a write of the best weights.
     for folder, pattern in [(run_dir / "checkpoints", ".step-*.tmp"), (run_dir, ".model.safetensors.*.tmp")]:
         proc = start(sums, resume, tmp=tmp_path, env=SLOW)
         wait_until(lambda: any(folder.glob(pattern)), proc, while_waiting=watch)  # noqa: B023
@@ -67,7 +75,7 @@ def test_killed_at_random_moments_and_inside_writes_then_resumed_equals_an_unint
         assert list(folder.glob(pattern)), f"the kill missed the write of {pattern}"
         watch(force=True)
 
-    # 4. A random moment just after a checkpoint was renamed into place (old one not yet pruned, metrics
+    # 5. A random moment just after a checkpoint was renamed into place (old one not yet pruned, metrics
     # not yet rewritten).
     before = set(checkpoint_paths(run_dir))
     proc = start(sums, resume, tmp=tmp_path)
@@ -76,7 +84,7 @@ def test_killed_at_random_moments_and_inside_writes_then_resumed_equals_an_unint
     kill(proc)
     watch(force=True)
 
-    # 5. Resume to the end: the same bytes as the uninterrupted run, and no temporary file left over.
+    # 6. Resume to the end: the same bytes as the uninterrupted run, and no temporary file left over.
     code, _, err = finish(start(sums, resume, tmp=tmp_path))
     assert code == 0, err
     assert_same_run(run_dir, reference_run)
