@@ -55,7 +55,15 @@ def test_scores_of_confident_and_uniform_predictions():
     assert uniform["confidence"] == pytest.approx(0.1) and uniform["entropy"] == pytest.approx(math.log(10))
 
 
-def test_classifier_trains_and_is_cached(fake_mnist, monkeypatch):
+@pytest.fixture
+def small_holdout(monkeypatch):
+    """The fake training set has 300 images: hold out FAKE_VALID of them, not 10000, and train with
+    small batches for more epochs so the 200 remaining images give enough steps."""
+    monkeypatch.setattr(clf, "HOLDOUT", FAKE_VALID)
+    monkeypatch.setattr(clf, "RECIPE", {**clf.RECIPE, "epochs": 15, "batch_size": 16})
+
+
+def test_classifier_trains_and_is_cached(fake_mnist, small_holdout, monkeypatch):
     logs: list[str] = []
     model, record = clf.load_classifier("mnist", fake_mnist, log=logs.append)
     weights, record_path = clf.cache_paths("mnist")
@@ -74,7 +82,7 @@ def test_classifier_trains_and_is_cached(fake_mnist, monkeypatch):
         assert torch.equal(value, again.state_dict()[name])
 
 
-def test_realism_scores_in_evaluation_json(fake_mnist):
+def test_realism_scores_in_evaluation_json(fake_mnist, small_holdout):
     config = RunConfig(model="vae", objective="elbo", latent_dim=2, hidden=(32,), epochs=2, batch_size=32,
                        valid_size=FAKE_VALID, seed=0)
     run = fake_mnist.parent / "vae"

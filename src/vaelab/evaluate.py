@@ -54,7 +54,7 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
         from .classifier import load_classifier, realism  # imported here: classifier uses sample_images
 
         scorer, record = load_classifier(config.dataset, data_dir)
-        result["realism"] = realism(model, config, data.splits, scorer, record, n=classifier_images)
+        result["realism"] = realism(model, config, data, scorer, record, n=classifier_images)
     path = run_dir / EVALUATION_FILE
     saved = read_json(path) if path.exists() else {}
     saved.update(result)
