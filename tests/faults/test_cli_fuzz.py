@@ -17,7 +17,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from vaelab import data as vdata
@@ -107,6 +107,12 @@ def world(trusted_cli_mnist, tmp_path, monkeypatch):
 @settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(argv=ARGV)
+# Command lines the fuzz found tracebacks with, now always run:
+@example(argv=["train", "--out", "out", "--hidden", "1000000000000"])  # too large to allocate
+@example(argv=["train", "--out", "out", "--latent-dim", str(2**63)])  # beyond int64
+@example(argv=["train", "--out", "out", "--seed", str(2**70)])
+@example(argv=["sample", RUN, "--seed", str(2**70)])
+@example(argv=["evaluate", RUN, "--nll", "exact"])
 def test_random_command_lines_in_process(argv, world):
     with tempfile.TemporaryDirectory(dir=world) as cwd, contextlib.chdir(cwd):
         shutil.copytree(world / "run", Path(cwd) / "run")
