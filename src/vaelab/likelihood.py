@@ -166,13 +166,16 @@ def tiled_quadrature(model: VAE, x: torch.Tensor, *, dim: int, limit: float, sca
     for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
         g = int(group[start])
         logits, bias = joint_terms(model, j_scan[start:stop].float() * fine_step)
-        tiles = tiles_of(j_scan[start:stop])
+        tiles = tiles_of(j_scan[start:stop])  # (2^D, B); rows after the first differ on edge nodes only
+        edges = [(t[t != tiles[0]], t != tiles[0]) for t in tiles[1:]]
         for lo in range(0, n_img, image_batch):
             terms = x[lo:lo + image_batch] @ logits.T + bias  # (n, B) log p(x, z)
             block = torch.logsumexp(terms, 1).double()
             group_sums[g, lo:lo + image_batch] = torch.logaddexp(group_sums[g, lo:lo + image_batch], block)
-            for t in tiles:
-                best_in_tile[lo:lo + image_batch].scatter_reduce_(1, t.expand_as(terms), terms, "amax")
+            best = best_in_tile[lo:lo + image_batch]
+            best.scatter_reduce_(1, tiles[0].expand_as(terms), terms, "amax")
+            for t, on_edge in edges:
+                best.scatter_reduce_(1, t.expand(len(terms), -1), terms[:, on_edge], "amax")
     log_h = d * math.log(scan_step)
     scan = torch.logsumexp(group_sums, 0)
     scan_inner = torch.logaddexp(group_sums[0], group_sums[1]) + log_h
