@@ -99,7 +99,7 @@ def rows_for(se: dict[tuple[str, int], list[float]], epochs: int = 5) -> list[di
 def test_discussion_names_the_best_reconstruction_only_when_resolved():
     clear = rows_for({("pca", 2): [50, 50.2], ("autoencoder", 2): [30, 30.4], ("vae", 2): [35, 35.5]})
     text = " ".join(discussion(clear, epochs=5))
-    assert "autoencoder reconstructs best, ahead of VAE (paper)" in text
+    assert "Autoencoder reconstructs best, ahead of VAE (paper)" in text
     assert re.search(r"autoencoder 30\.20 ± 0\.28, VAE \(paper\) 35\.25 ± 0\.35, PCA 50\.10 ± 0\.14", text)
 
     overlapping = rows_for({("autoencoder", 2): [30, 34], ("vae", 2): [31, 33]})

@@ -253,7 +253,7 @@ def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch
     axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[k, 1.6])
     side, pad = 28, 2
     centers = [pad + i * (side + pad) + side / 2 for i in range(k)]
-    ticks = list(range(0, k, max(1, k // 5)))
+    ticks = sorted({0, k // 4, k // 2, k - 1 - k // 4, k - 1})  # symmetric, as the quantiles are
     q = [f"{float(v):.2f}" for v in quantiles]
     for c, (label, decodes) in enumerate(panels):
         top, bottom = axes[0][c], axes[1][c]

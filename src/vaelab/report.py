@@ -22,6 +22,7 @@ from .checkpoint import atomic_write, load_config, read_json, read_metrics, writ
 from .config import RunConfig
 from .figures import FIGURES
 
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
 MODEL_LABELS = {("pca", "squared-error"): "PCA", ("autoencoder", "reconstruction"): "autoencoder",
                 ("vae", "paper"): "VAE (paper)", ("vae", "elbo"): "VAE (ELBO)"}
 
@@ -165,10 +166,12 @@ def write_results(out: Path, rows: list[dict], columns: list[Column] = COLUMNS) 
 def table_notes(rows: list[dict], columns: list[Column] = COLUMNS) -> tuple[str, list[str]]:
     """(a sentence on how rows aggregate seeds, one line per column saying what it is)."""
     n = sorted({len(r["seeds"]) for r in rows})
-    spread = ("± is the sample standard deviation over seeds" if max(n) > 1
-              else "one seed per row, so no spread over seeds is given")
-    summary = (f"Mean over {' or '.join(map(str, n))} seed(s) per row; {spread}. —: does not apply "
-               "(PCA is fit in closed form to squared error and has no Bernoulli likelihood).")
+    if max(n) > 1:
+        spread = f"Mean over {' or '.join(map(str, n))} seeds per row; ± is the sample standard deviation over seeds."
+    else:
+        spread = "One seed per row, so no spread over seeds is given."
+    summary = (f"{spread} —: does not apply (PCA is fit in closed form to squared error and has no Bernoulli "
+               "likelihood).")
     return summary, [f"**{c.header}**: {c.description}." for c in columns]
 
 
@@ -219,7 +222,7 @@ def discussion(rows: list[dict], *, epochs: int, code_stats: dict | None = None)
             verdict = (f"{first['label']} and {second['label']} reconstruct about equally well: their means "
                        "differ by less than the sum of their spreads over seeds")
         out.append(f"Reconstruction, latent dimension {d}. Test squared error of the mean decode per image "
-                   f"(lower is better): {listing}. {verdict}.")
+                   f"(lower is better): {listing}. {verdict[0].upper() + verdict[1:]}.")
 
     for d in dims:
         ae = _find(rows, "autoencoder", "reconstruction", d)
@@ -279,11 +282,13 @@ def _codes_paragraph(code_stats: dict) -> str:
         parts.append(f"{label}: standard deviation {stds} per code dimension, {s['inside'] * 100:.0f}% of "
                      "test codes inside the central 95% interval of N(0, 1) in every dimension")
     first = next(iter(code_stats.values()))
+    most = max(code_stats, key=lambda label: code_stats[label]["inside"])
+    least = min(code_stats, key=lambda label: code_stats[label]["inside"])
     return (f"What the regulariser does to the codes, latent dimension {first['dim']} (seed {first['seed']}, "
             "test set codes, m for the VAEs): " + "; ".join(parts) + f". A draw from N(0, I) falls in that "
-            f"region with probability {0.95 ** first['dim'] * 100:.0f}%, so the random codes of Figure "
-            f"{figure_number('samples')} mostly land where a model with a high share has test codes and a model "
-            "with a low share has few.")
+            f"region with probability {0.95 ** first['dim'] * 100:.0f}%: the random codes of Figure "
+            f"{figure_number('samples')} land where {most} has {code_stats[most]['inside'] * 100:.0f}% of its "
+            f"test codes and {least} only {code_stats[least]['inside'] * 100:.0f}%.")
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -357,7 +362,8 @@ def setup_lines(setup: Setup) -> list[str]:
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in setup.phase_seconds.items())
     return [
         f"Command: `{setup.command}` (vaelab {setup.version}).",
-        f"Data: {c.dataset}; the official training set split into {n_train} training images and its last "
+        f"Data: {DATASET_NAMES.get(c.dataset, c.dataset)}; the official training set split into {n_train} "
+        "training images and its last "
         f"{n_valid} as the validation set; the official {n_test} test images.{subset}",
         f"Pixel model: {pixels}.",
         f"Architecture (all neural models): encoder MLP {c.n_pixels} → {hidden} → code (ReLU between layers; "

@@ -25,13 +25,21 @@ from tqdm import tqdm
 
 from . import __version__
 from . import figures as figs
-from .checkpoint import TIMING_FILE, checkpoint_paths, load_config, read_metrics, write_json
+from .checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TIMING_FILE,
+    checkpoint_paths,
+    load_config,
+    read_metrics,
+    write_json,
+)
 from .config import RunConfig
 from .data import PixelData
 from .evaluate import evaluate_run, load_run, sample_images
 from .models import decode_to_pixels, encode_mean
 from .report import MODEL_LABELS, Setup, load_record, write_report
-from .train import load_data, resume, train
+from .train import NonFiniteLossError, TrainingInterrupted, load_data, resolve_device, resume, train
 
 # The paper's sequence of models, each with the objective it trains on.
 EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
@@ -47,7 +55,6 @@ QUICK_EPOCHS = 3
 QUICK_SEEDS = 1
 QUICK_TRAIN_IMAGES = 10000
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
-FIGURE_SEED = 0  # figures show the runs of this seed (the first)
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
 
 
@@ -130,12 +137,12 @@ def plan(settings: Settings, base: RunConfig | None = None) -> list[RunSpec]:
 
 def epochs_done(run_dir: Path) -> int:
     """Epochs a run has finished (from metrics.jsonl); 0 for a new run."""
-    history = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    history = read_metrics(run_dir)
     return history[-1]["epoch"] if history else 0
 
 
 def is_complete(spec: RunSpec, run_dir: Path) -> bool:
-    if not (run_dir / "model.safetensors").exists():
+    if not (run_dir / MODEL_FILE).exists():
         return False
     return epochs_done(run_dir) >= spec.config.epochs
 
@@ -171,7 +178,7 @@ def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = F
         shutil.rmtree(run_dir)
     if spec.train_images is not None:
         data = dataclasses.replace(data, train=data.train[:spec.train_images])
-    if (run_dir / "config.json").exists():
+    if (run_dir / CONFIG_FILE).exists():
         check_existing(spec, run_dir)
         if is_complete(spec, run_dir):
             return "reused"
@@ -230,10 +237,10 @@ class Progress:
 
 def remaining_units(spec: RunSpec, run_dir: Path, force: bool) -> int:
     """Progress units (epochs; 1 for a PCA fit) still to do for `spec`."""
-    if force or not (run_dir / "config.json").exists():
+    if force or not (run_dir / CONFIG_FILE).exists():
         return max(spec.config.epochs, 1)
     if spec.config.model == "pca":
-        return 0 if (run_dir / "model.safetensors").exists() else 1
+        return 0 if (run_dir / MODEL_FILE).exists() else 1
     return max(spec.config.epochs - epochs_done(run_dir), 0)
 
 
@@ -329,7 +336,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
     runs_dir = out / "runs"
     for spec in specs:  # refuse mismatched runs before any training starts
         run_dir = runs_dir / spec.name
-        if not force and (run_dir / "config.json").exists():
+        if not force and (run_dir / CONFIG_FILE).exists():
             check_existing(spec, run_dir)
     data = load_data(base, data_dir)  # one in-memory copy shared by every run
     if settings.train_images is not None and settings.train_images > len(data.train):
@@ -342,8 +349,14 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         t0 = time.perf_counter()
         for i, spec in enumerate(specs):
             bar.start(i, spec.name)
-            what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
-                                         log=bar.log)
+            try:
+                what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
+                                             log=bar.log)
+            except TrainingInterrupted:
+                raise TrainingInterrupted(f"interrupted in run {spec.name} (its checkpoint is saved); to continue "
+                                          f"every run, give the same command again: {settings.command(out)}") from None
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"run {runs_dir / spec.name}: {e}") from None
         train_seconds = time.perf_counter() - t0
         bar.phase("evaluating")
         t0 = time.perf_counter()
@@ -368,7 +381,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
             split_sizes=(len(data.train), len(data.valid), len(data.test)),
             base=base,
             machine=f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads), device {device}",
+                    f"({torch.get_num_threads()} threads), device {resolve_device(device)}",
             runs_reused=sum(v == "reused" for v in what.values()),
             runs_total=len(specs),
             train_seconds_total=sum(_training_seconds(runs_dir / s.name) for s in specs),
