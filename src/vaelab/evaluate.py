@@ -33,12 +33,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[nn.Module, RunC
 
 
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
-                 device: str = "auto", nll: str | None = None, k: int = 5000, iwae_images: int | None = None,
-                 classifier: bool = False, classifier_images: int = 1000) -> dict:
+                 device: str = "auto", nll: str | None = None, k: int = 5000, nll_images: int | None = None,
+                 iwae_images: int | None = None, classifier: bool = False,
+                 classifier_images: int = 1000) -> dict:
     """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it.
 
-    `nll` ("exact" | "iwae") adds the likelihood numbers of `likelihood.measure` on the test set under
-    "likelihood" (IWAE and the ELBO split with k samples on the first `iwae_images` test images);
+    `nll` ("exact" | "iwae") adds the likelihood numbers of `likelihood.measure` on the first
+    `nll_images` test images (default all) under "likelihood" (IWAE and the ELBO split with k samples
+    on the first `iwae_images` of them);
     `classifier` adds the classifier scores of `classifier.realism` under "realism".
     """
     run_dir = Path(run_dir)
@@ -49,7 +51,8 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
                                            seed=config.eval_seed)
     if nll is not None:
-        result["likelihood"] = measure(model, config, data.test, nll=nll, k=k, iwae_images=iwae_images)
+        result["likelihood"] = measure(model, config, data.test[:nll_images], nll=nll, k=k,
+                                       iwae_images=iwae_images)
     if classifier:
         from .classifier import load_classifier, realism  # imported here: classifier uses sample_images
 
