@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaelab import data as vdata
 
 from .fakecli import trusted_specs
 from .faultkit import RUN_ARGS, SMALL_ARGS, finish, run_cli, start, sums_of, write_cli_sized_mnist
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch intra-op thread, as the child processes have (OMP_NUM_THREADS=1): on a busy two-core
+    machine, OpenMP threads waiting for each other made these tiny runs 20-50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every fault test trains with one thread (restored afterwards, for the rest of the suite)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +71,7 @@ def small_reference(cli_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path
     """The run directory of SMALL_ARGS trained straight through in this process (torch threads as here)."""
     root, sums = cli_mnist
     run_dir = tmp_path_factory.mktemp("small-reference") / "run"
-    with pytest.MonkeyPatch.context() as monkeypatch:
+    with pytest.MonkeyPatch.context() as monkeypatch, one_thread():  # (runs before the autouse fixture)
         for name, spec in trusted_specs(json.loads(sums.read_text())).items():
             monkeypatch.setitem(vdata.SPECS, name, spec)
         code, _, err = run_cli(["train", *SMALL_ARGS, "--data-dir", root, "--out", run_dir])

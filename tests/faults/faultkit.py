@@ -31,9 +31,9 @@ BIG_TEST = 100
 RUN_ARGS = ["--model", "vae", "--objective", "paper", "--latent-dim", "2", "--hidden", "32", "--batch-size", "50",
             "--epochs", "10", "--seed", "3", "--device", "cpu"]
 STEPS_PER_EPOCH = BIG_TRAIN // 50
-# A smaller run for tests that train in this process (20 steps per epoch, 3 epochs).
+# A smaller run for tests that train in this process (20 steps per epoch, 2 epochs).
 SMALL_ARGS = ["--model", "vae", "--objective", "paper", "--latent-dim", "2", "--hidden", "16", "--batch-size", "50",
-              "--epochs", "3", "--seed", "2", "--device", "cpu"]
+              "--epochs", "2", "--seed", "2", "--device", "cpu"]
 
 
 def write_cli_sized_mnist(root: Path) -> dict[str, Path]:
