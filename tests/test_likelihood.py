@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,72 @@ def test_evaluate_cli_rejects_exact_for_latent_three(trained_runs, capsys):
         main(["evaluate", str(runs["elbo3"]), "--nll", "exact", "--data-dir", str(root), "--device", "cpu"])
     assert stop.value.code == 2
     assert "--nll iwae" in capsys.readouterr().err
+
+
+# --- the report's likelihood columns and paragraphs (synthetic evaluation.json, no training) ---------
+
+def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: float, iwae_gap: float,
+                      elbo_gap: float, confidence: float, frechet: float):
+    from vaelab.report import RunRecord
+
+    config = RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5)
+    test = {"loss": nll + elbo_gap, "reconstruction": nll, "regularizer": 3.0, "squared_error": 30.0}
+    scores = {"confidence": confidence, "entropy": 0.5, "frechet": frechet, "images": 100}
+    evaluation = {"epoch": 5, "test": test, "realism": {
+        "classifier_test_accuracy": 0.993, "feature_dim": 128, "seed": 1234, "midpoints": scores,
+        "samples": scores, "real": {"confidence": 0.99, "entropy": 0.03, "frechet": 1.5, "images": 100}}}
+    if model == "vae":
+        evaluation["likelihood"] = {
+            "applicable": True, "iwae": {"k": 1000, "images": 500, "nll": nll + iwae_gap},
+            "elbo": {"neg_elbo": nll + elbo_gap, "reconstruction": nll, "kl": elbo_gap, "images": 500,
+                     "samples": 1000},
+            "exact": {"images": 10000, "nll": nll,
+                      "grid": {"limit": 6.0, "scan_step": 0.0625, "fine_step": 0.015625, "converged": True}},
+            "posterior_gap": {"neg_elbo_minus_nll": elbo_gap, "iwae_minus_nll": iwae_gap},
+            "active_units": {"count": dim, "threshold": 0.01, "variances": [1.0] * dim}}
+    else:
+        evaluation["likelihood"] = {"applicable": False, "why": "n/a"}
+    history = [{"epoch": e, "valid_loss": 150.0 - e} for e in range(1, 6)]
+    return RunRecord(f"{model}-{objective}-z{dim}-s{seed}", config, history, evaluation)
+
+
+def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
+    from vaelab import report
+
+    records = [likelihood_record(m, o, 2, s, nll=140.0 + s, iwae_gap=1.0, elbo_gap=5.0 + s, confidence=c,
+                                 frechet=f)
+               for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.6, 40.0),
+                                                  ("vae", "paper", 0.9, 10.0), ("vae", "elbo", 0.95, 8.0))]
+    rows = report.results_rows(records)
+    ae = next(r for r in rows if r["model"] == "autoencoder")
+    assert ae["cells"]["exact_nll"] is None and ae["cells"]["midpoint_confidence"]["mean"] == pytest.approx(0.6)
+    vae = next(r for r in rows if r["objective"] == "elbo")
+    assert vae["cells"]["exact_nll"]["values"] == [140.0, 141.0]
+    text = " ".join(report.likelihood_paragraphs(rows, epochs=5, eval_seed=1234))
+    assert "−135.73 ± 0.83" in text and "−132.50" in text and "VAE (ELBO) 140.50 ± 0.71" in text
+    assert "holds in every run" in text
+    assert "claim that the VAE's midpoints are digits and the autoencoder's are not is supported" in text
+    lines = " ".join(report.measurement_lines(report.measurement_summary(records)))
+    assert "k = 1000 samples per image on the first 500 test images" in lines and "99.30%" in lines
+
+    # the verdicts follow the numbers: a bound violated, the autoencoder's midpoints better
+    flipped = [likelihood_record(m, o, 2, s, nll=140.0, iwae_gap=-1.0 if m == "vae" else 0.0, elbo_gap=5.0,
+                                 confidence=c, frechet=f)
+               for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.95, 8.0),
+                                                  ("vae", "elbo", 0.6, 40.0))]
+    text = " ".join(report.likelihood_paragraphs(report.results_rows(flipped), epochs=5, eval_seed=1234))
+    assert "fails beyond 0.05 nats" in text and "is not supported" in text
+
+
+def test_reproduce_help_states_the_likelihood_defaults():
+    import typer.main
+
+    from vaelab import cli, reproduce
+
+    command = typer.main.get_command(cli.app).commands["reproduce"]
+    help_text = " ".join(p.help or "" for p in command.params)
+    assert f"[default: {reproduce.IWAE_K}; quick: {reproduce.QUICK_IWAE_K}]" in help_text
+    assert f"[default: {reproduce.IWAE_IMAGES}; quick: {reproduce.QUICK_IWAE_IMAGES}]" in help_text
+    settings = reproduce.make_settings(iwae_k=5000, iwae_images=10000)
+    assert settings.command(Path("r")) == (f"vaelab reproduce --epochs {reproduce.DEFAULT_EPOCHS} --seeds "
+                                           f"{reproduce.DEFAULT_SEEDS} --iwae-k 5000 --iwae-images 10000 --out r")

@@ -167,6 +167,10 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Report directory; runs go to OUT/runs/  [default: report]",
                                       show_default=False)] = Path("report"),
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already exist")] = False,
+    iwae_k: Annotated[int | None, typer.Option(help="Importance samples per image for IWAE and the ELBO  "
+                                               "[default: 1000; quick: 100]")] = None,
+    iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
+                                                    "[default: 500; quick: 200]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
@@ -175,7 +179,8 @@ def reproduce(
     from .reproduce import make_settings, parse_latent_dims
     from .reproduce import reproduce as run_reproduce
 
-    settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims))
+    settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
+                             iwae_k=iwae_k, iwae_images=iwae_images)
     index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device)
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
 

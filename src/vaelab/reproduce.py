@@ -54,6 +54,12 @@ DEFAULT_SEEDS = 3
 QUICK_EPOCHS = 3
 QUICK_SEEDS = 1
 QUICK_TRAIN_IMAGES = 10000
+# Likelihoods and classifier scores in the table (evaluate_run's nll / classifier options). Exact NLL
+# (quadrature, latent <= 2) on every test image; IWAE and the ELBO split with IWAE_K samples on the
+# first IWAE_IMAGES test images, which fits the 15-minute budget; `--iwae-k 5000 --iwae-images 10000`
+# is the long version. --quick uses the QUICK_* values.
+IWAE_K, IWAE_IMAGES, REALISM_IMAGES = 1000, 500, 1000
+QUICK_NLL_IMAGES, QUICK_IWAE_K, QUICK_IWAE_IMAGES, QUICK_REALISM_IMAGES = 1000, 100, 200, 300
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
 
@@ -69,6 +75,10 @@ class Settings:
     latent_dims: tuple[int, ...] = LATENT_DIMS
     train_images: int | None = None  # None: the whole training split; N: its first N images (--quick)
     quick: bool = False
+    nll_images: int | None = None  # exact NLL on the first N test images (None: all)
+    iwae_k: int = IWAE_K  # importance samples per image for IWAE and the ELBO split
+    iwae_images: int = IWAE_IMAGES  # IWAE and the ELBO split on the first N test images
+    realism_images: int = REALISM_IMAGES  # interpolation midpoints and prior samples scored per run
 
     def command(self, out: Path) -> str:
         """The explicit command line that reproduces these settings."""
@@ -79,12 +89,18 @@ class Settings:
             parts += [f"--epochs {self.epochs}", f"--seeds {len(self.seeds)}"]
         if self.latent_dims != LATENT_DIMS:
             parts.append("--latent-dims " + ",".join(map(str, self.latent_dims)))
+        default = make_settings(quick=self.quick)
+        if self.iwae_k != default.iwae_k:
+            parts.append(f"--iwae-k {self.iwae_k}")
+        if self.iwae_images != default.iwae_images:
+            parts.append(f"--iwae-images {self.iwae_images}")
         return " ".join(parts + [f"--out {out}"])
 
 
 def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int | None = None,
-                  latent_dims: tuple[int, ...] = LATENT_DIMS) -> Settings:
-    """Defaults for the full or the --quick experiment; explicit epochs/seeds override either."""
+                  latent_dims: tuple[int, ...] = LATENT_DIMS, iwae_k: int | None = None,
+                  iwae_images: int | None = None) -> Settings:
+    """Defaults for the full or the --quick experiment; explicit epochs/seeds/IWAE sizes override either."""
     n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     n_epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     if n_seeds < 1:
@@ -93,8 +109,14 @@ def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int 
         raise ReproduceError(f"--epochs must be >= 1, got {n_epochs}")
     if not latent_dims or any(d < 1 for d in latent_dims):
         raise ReproduceError(f"--latent-dims must be whole numbers >= 1, got {list(latent_dims)}")
+    k = iwae_k if iwae_k is not None else (QUICK_IWAE_K if quick else IWAE_K)
+    n_iwae = iwae_images if iwae_images is not None else (QUICK_IWAE_IMAGES if quick else IWAE_IMAGES)
+    if k < 1 or n_iwae < 1:
+        raise ReproduceError(f"--iwae-k and --iwae-images must be >= 1, got {k} and {n_iwae}")
     return Settings(epochs=n_epochs, seeds=tuple(range(n_seeds)), latent_dims=tuple(latent_dims),
-                    train_images=QUICK_TRAIN_IMAGES if quick else None, quick=quick)
+                    train_images=QUICK_TRAIN_IMAGES if quick else None, quick=quick,
+                    nll_images=QUICK_NLL_IMAGES if quick else None, iwae_k=k, iwae_images=n_iwae,
+                    realism_images=QUICK_REALISM_IMAGES if quick else REALISM_IMAGES)
 
 
 def parse_latent_dims(text: str) -> tuple[int, ...]:
@@ -192,13 +214,19 @@ def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = F
     return "trained"
 
 
-def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto") -> dict:
+def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto",
+                       settings: Settings | None = None) -> dict:
     """The evaluation that the table's columns read (the run's evaluation.json).
 
     A column that needs more than the objective's terms (say an exact likelihood) turns the matching
-    `evaluate_run` option on here and is declared in `report.COLUMNS`.
+    `evaluate_run` option on here and is declared in `report.COLUMNS`. Likelihoods: exact NLL where
+    the latent dimension is <= 2, else IWAE only (PCA and the autoencoder get "n/a"); classifier
+    scores for every model.
     """
-    return evaluate_run(run_dir, data=data, device=device)
+    s = settings or make_settings()
+    nll = "exact" if load_config(run_dir).latent_dim <= 2 else "iwae"
+    return evaluate_run(run_dir, data=data, device=device, nll=nll, k=s.iwae_k, nll_images=s.nll_images,
+                        iwae_images=s.iwae_images, classifier=True, classifier_images=s.realism_images)
 
 
 class Progress:
@@ -361,7 +389,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         bar.phase("evaluating")
         t0 = time.perf_counter()
         for spec in specs:
-            evaluate_for_table(runs_dir / spec.name, data=data, device=device)
+            evaluate_for_table(runs_dir / spec.name, data=data, device=device, settings=settings)
         eval_seconds = time.perf_counter() - t0
         bar.phase("figures")
         t0 = time.perf_counter()
