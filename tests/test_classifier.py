@@ -102,7 +102,10 @@ def test_realism_scores_in_evaluation_json(fake_mnist, small_holdout):
 
 
 def test_real_mnist_classifier_reaches_99_percent(mnist_root):
-    """Trains the real classifier once with the cached recipe (about a minute on 2 cores)."""
-    _, record = clf.train_classifier(load_splits("mnist", mnist_root), log=lambda _: None)
-    print(f"MNIST classifier test accuracy {100 * record['test_accuracy']:.2f}% in {record['seconds']} s")
-    assert record["test_accuracy"] >= 0.99
+    """The classifier that `vaelab evaluate --classifier` and `vaelab reproduce` use, from the cache:
+    trained here (about 30 s on 2 idle cores) unless an earlier run cached it; the accuracy is
+    recomputed from the weights either way."""
+    model, record = clf.load_classifier("mnist", mnist_root, log=print)
+    accuracy = clf.test_accuracy(model, load_splits("mnist", mnist_root, valid_size=clf.HOLDOUT))
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-9)
+    assert accuracy >= 0.99

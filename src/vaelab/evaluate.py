@@ -3,6 +3,7 @@ validation and test sets (nats per image) and the common squared-error metric.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,14 +35,15 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[nn.Module, RunC
 
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
                  device: str = "auto", nll: str | None = None, k: int = 5000, nll_images: int | None = None,
-                 iwae_images: int | None = None, classifier: bool = False,
-                 classifier_images: int = 1000) -> dict:
+                 iwae_images: int | None = None, classifier: bool = False, classifier_images: int = 1000,
+                 log: Callable[[str], None] | None = None) -> dict:
     """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it.
 
     `nll` ("exact" | "iwae") adds the likelihood numbers of `likelihood.measure` on the first
     `nll_images` test images (default all) under "likelihood" (IWAE and the ELBO split with k samples
     on the first `iwae_images` of them);
-    `classifier` adds the classifier scores of `classifier.realism` under "realism".
+    `classifier` adds the classifier scores of `classifier.realism` under "realism"; `log` receives
+    the classifier's messages (default: stderr).
     """
     run_dir = Path(run_dir)
     model, config, meta = load_run(run_dir, device)
@@ -56,7 +58,7 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     if classifier:
         from .classifier import load_classifier, realism  # imported here: classifier uses sample_images
 
-        scorer, record = load_classifier(config.dataset, data_dir)
+        scorer, record = load_classifier(config.dataset, data_dir, **({"log": log} if log else {}))
         result["realism"] = realism(model, config, data, scorer, record, n=classifier_images)
     path = run_dir / EVALUATION_FILE
     saved = read_json(path) if path.exists() else {}

@@ -214,19 +214,21 @@ def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = F
     return "trained"
 
 
-def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto",
-                       settings: Settings | None = None) -> dict:
+def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto", settings: Settings | None = None,
+                       data_dir: str | Path | None = None, log=None) -> dict:
     """The evaluation that the table's columns read (the run's evaluation.json).
 
     A column that needs more than the objective's terms (say an exact likelihood) turns the matching
     `evaluate_run` option on here and is declared in `report.COLUMNS`. Likelihoods: exact NLL where
     the latent dimension is <= 2, else IWAE only (PCA and the autoencoder get "n/a"); classifier
-    scores for every model.
+    scores for every model (the classifier is trained once from `data_dir` and cached; `log` gets its
+    messages).
     """
     s = settings or make_settings()
     nll = "exact" if load_config(run_dir).latent_dim <= 2 else "iwae"
     return evaluate_run(run_dir, data=data, device=device, nll=nll, k=s.iwae_k, nll_images=s.nll_images,
-                        iwae_images=s.iwae_images, classifier=True, classifier_images=s.realism_images)
+                        iwae_images=s.iwae_images, classifier=True, classifier_images=s.realism_images,
+                        data_dir=data_dir, log=log)
 
 
 class Progress:
@@ -389,7 +391,8 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         bar.phase("evaluating")
         t0 = time.perf_counter()
         for spec in specs:
-            evaluate_for_table(runs_dir / spec.name, data=data, device=device, settings=settings)
+            evaluate_for_table(runs_dir / spec.name, data=data, device=device, settings=settings,
+                               data_dir=data_dir, log=bar.phase)
         eval_seconds = time.perf_counter() - t0
         bar.phase("figures")
         t0 = time.perf_counter()
