@@ -279,7 +279,8 @@ def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: f
                      "samples": 1000},
             "exact": {"images": 10000, "nll": nll,
                       "grid": {"limit": 6.0, "scan_step": 0.0625, "fine_step": 0.015625, "converged": True}},
-            "posterior_gap": {"neg_elbo_minus_nll": elbo_gap, "iwae_minus_nll": iwae_gap},
+            "posterior_gap": {"neg_elbo_minus_nll": elbo_gap, "iwae_minus_nll": iwae_gap,
+                              "exact_nll_on_these_images": nll},
             "active_units": {"count": dim, "threshold": 0.01, "variances": [1.0] * dim}}
     else:
         evaluation["likelihood"] = {"applicable": False, "why": "n/a"}
@@ -305,6 +306,7 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
     assert "claim that the VAE's midpoints are digits and the autoencoder's are not is supported" in text
     lines = " ".join(report.measurement_lines(report.measurement_summary(records)))
     assert "k = 1000 samples per image on the first 500 test images" in lines and "99.30%" in lines
+    assert "latent 2: [−L, L]^2 with L = 6, scan step 1/16, fine step 1/64" in lines
 
     # the verdicts follow the numbers: a bound violated, the autoencoder's midpoints better
     flipped = [likelihood_record(m, o, 2, s, nll=140.0, iwae_gap=-1.0 if m == "vae" else 0.0, elbo_gap=5.0,
