@@ -157,9 +157,9 @@ def test_progress_is_silent_when_not_a_terminal(capsys):
 
 # --- one real --quick reproduce, shared ---------------------------------------------------------
 
-EXPECTED_SIZES = {"structure": (1300, 480), "curves": (1200, 600), "reconstructions": (680, 408),
+EXPECTED_SIZES = {"structure": (1300, 480), "curves": (1200, 600), "reconstructions": (600, 398),
                   "samples": (1280, 680), "latent": (920, 1370), "manifold": (1120, 700),
-                  "interpolation": (786, 484)}
+                  "interpolation": (642, 423)}
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,13 @@ def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: 
     atomic_write(Path(path), buffer.getvalue())
 
 
-def _image_rows(ax, rows: list[tuple[str, torch.Tensor]], *, ncols: int) -> np.ndarray:
-    """Draw labelled rows of images (each (<= ncols, 784)) as one tiled image on `ax`; returns the array."""
+def _image_rows(rows: list[tuple[str, torch.Tensor]], *, ncols: int, cell: float = 0.42, left: float = 1.7,
+                top: float = 0.1) -> tuple[Figure, object, np.ndarray]:
+    """A figure of labelled rows of images (each (<= ncols, 784)), tiled into one image.
+
+    The layout is explicit (no automatic layout): `cell` inches per image, `left` inches for the row
+    labels, `top` inches above. Returns (figure, axes, tiled array).
+    """
     side, pad = 28, 2
     blocks = []
     for _, images in rows:
@@ -79,14 +84,19 @@ def _image_rows(ax, rows: list[tuple[str, torch.Tensor]], *, ncols: int) -> np.n
         padded[:len(images)] = images.reshape(len(images), -1)
         blocks.append(tile(padded, nrow=ncols, side=side, pad=pad)[:-pad])
     grid = np.concatenate(blocks + [np.ones((pad, blocks[0].shape[1]), dtype=np.float32)], axis=0)
+    width, height = ncols * cell, len(rows) * cell  # inches of the tiled image
+    margin = 0.1
+    fig = Figure(figsize=(left + width + margin, top + height + margin), dpi=100)
+    W, H = fig.get_size_inches()
+    ax = fig.add_axes((left / W, margin / H, width / W, height / H))
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_yticks([pad + r * (side + pad) + side / 2 for r in range(len(rows))], [label for label, _ in rows])
     ax.set_xticks([])
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    return grid
+    return fig, ax, grid
 
 
 def vae_structure(config: RunConfig, path: str | Path) -> None:
@@ -186,10 +196,7 @@ def training_curves(curves: dict[tuple[str, int], list[list[dict]]], path: str |
 
 def reconstructions(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: str | Path) -> None:
     """Test digits (N, 784) in the first row, then one row of mean reconstructions per (label, images)."""
-    all_rows = [("test digits", originals), *rows]
-    n = len(originals)
-    fig = Figure(figsize=(2.6 + 0.42 * n, 0.42 * len(all_rows) + 0.3), dpi=100, layout="constrained")
-    _image_rows(fig.add_subplot(), all_rows, ncols=n)
+    fig, _, _ = _image_rows([("test digits", originals), *rows], ncols=len(originals))
     save_figure(fig, path)
 
 
@@ -285,9 +292,7 @@ def interpolation(first: torch.Tensor, last: torch.Tensor, rows: list[tuple[str,
     header = torch.full((n, first.numel()), float("nan"))
     header[0], header[-1] = first, last
     all_rows = [(f"test digits ({classes[0]}, {classes[1]})", header), *rows]
-    fig = Figure(figsize=(2.8 + 0.46 * n, 0.46 * len(all_rows) + 0.7), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    grid = _image_rows(ax, all_rows, ncols=n)
+    fig, ax, grid = _image_rows(all_rows, ncols=n, top=0.35)
     side, pad = 28, 2
     x0 = pad + mid_index * (side + pad) - 1.5
     y0 = pad + (side + pad) - 1.5

@@ -299,7 +299,7 @@ def discussion(rows: list[dict], *, epochs: int, code_stats: dict | None = None)
             se, rec, reg = (v["cells"][k] for k in ("test_squared_error", "test_reconstruction", "test_regularizer"))
             change = (se["mean"] - a_se["mean"]) / a_se["mean"] * 100
             word = "higher" if change > 0 else "lower"
-            parts.append(f"{v['label']} has {abs(change):.0f}% {word} squared error than the autoencoder "
+            parts.append(f"{v['label']} has {abs(change):.1f}% {word} squared error than the autoencoder "
                          f"({se['mean']:.2f} vs {a_se['mean']:.2f}), a reconstruction term of "
                          f"{rec['mean']:.2f} nats (the autoencoder's: {a_rec['mean']:.2f}) and pays a "
                          f"regulariser of {reg['mean']:.2f} nats")
@@ -381,10 +381,13 @@ def measurement_summary(records: list[RunRecord]) -> dict:
 
 def _grids(grids: list[tuple[int, dict]]) -> str:
     """'latent 1: ±6, scan step 1/64, fine step 1/256; latent 2: ...' (alternatives joined by 'or')."""
-    def values(dim: int, key: str, fmt) -> str:
-        return " or ".join(fmt(v) for v in sorted({g[key] for d, g in grids if d == dim}))
+    def step(v: float | None) -> str:  # steps are powers of two; None: the scan needed no finer step
+        return "none" if v is None else f"1/{round(1 / v)}" if v < 1 else f"{v:g}"
 
-    step = lambda v: f"1/{round(1 / v)}" if v < 1 else f"{v:g}"  # noqa: E731 (steps are powers of two)
+    def values(dim: int, key: str, fmt) -> str:
+        found = {g[key] for d, g in grids if d == dim}
+        return " or ".join(fmt(v) for v in sorted(found, key=lambda v: (v is not None, v or 0)))
+
     parts = [f"latent {d}: [−L, L]^{d} with L = {values(d, 'limit', lambda v: f'{v:g}')}, scan step "
              f"{values(d, 'scan_step', step)}, fine step {values(d, 'fine_step', step)}"
              for d in sorted({d for d, _ in grids})]

@@ -359,6 +359,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
     `progress`: None shows the overall progress bar only when stderr is a terminal.
     """
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]  # 1-minute load: tells a reader whether the cores were shared
     out = Path(out)
     settings = settings or make_settings()
     base = base or RunConfig()
@@ -412,7 +413,9 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
             split_sizes=(len(data.train), len(data.valid), len(data.test)),
             base=base,
             machine=f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads), device {resolve_device(device)}",
+                    f"({torch.get_num_threads()} threads), device {resolve_device(device)}; 1-minute load "
+                    f"average {load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (above "
+                    f"{os.cpu_count()}, other processes shared the cores and slowed the runs down)",
             runs_reused=sum(v == "reused" for v in what.values()),
             runs_total=len(specs),
             train_seconds_total=sum(_training_seconds(runs_dir / s.name) for s in specs),
