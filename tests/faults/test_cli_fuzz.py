@@ -1,9 +1,11 @@
 """CLI fuzz: random argument lists to `vaelab` exit 0, 1 or 2 and never print a traceback.
 
 In this process through `vaelab.cli.main` (many examples), and a few through the installed `vaelab`
-console script. Bounded so that no example trains for long: the data are the small fake set, no
-network, and every `train` ends with `--epochs 0`, so what is fuzzed is parsing, validation, data
-loading, model building and the run-directory writes (not the epochs themselves).
+console script. Bounded so that no example trains for long or touches real data: the data are a fake
+set (1,000 training images), there is no network, `--epochs` is at most 1 (a `train` without it gets
+`--epochs 0`), numbers are small or too large for any allocation, and paths stay in a temporary
+directory. What is fuzzed is parsing, validation, data loading, model building, the run-directory
+writes, evaluation and sampling.
 """
 
 import contextlib
