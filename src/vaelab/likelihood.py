@@ -98,7 +98,7 @@ def quadrature(model: VAE, x: torch.Tensor, grid: Grid, *, node_batch: int = 409
                image_batch: int = 4096) -> torch.Tensor:
     """log p(x) ≈ log Σ_g p(x|z_g) p(z_g) · step^D over every node of `grid`; float64 (N,) nats.
 
-    The plain rule, every image against every node: simple and the reference for `tiled_quadrature`
+    The plain rule, every image against every node: simple and the reference for `scan` + `refine`
     in the tests, but its cost grows as step^−D for all images alike. Per block of nodes a float32
     log-sum-exp (exact to ~1e-5 nats at these magnitudes); blocks are combined in float64.
     """
@@ -114,81 +114,101 @@ def quadrature(model: VAE, x: torch.Tensor, grid: Grid, *, node_batch: int = 409
     return total + grid.dim * math.log(grid.step)
 
 
+@dataclass
+class Scan:
+    """The plain rule over the whole square for every image, with what `refine` needs to go finer."""
+
+    dim: int  # latent dimension
+    limit: float  # the square is [-limit, limit]^dim
+    step: float  # scan step
+    log_px: torch.Tensor  # (N,) float64: log Σ p(x, z_g) step^D over all scan nodes
+    log_px_inner: torch.Tensor  # (N,) the same over the square narrower by 1 (mass outside = the difference)
+    log_px_double: torch.Tensor  # (N,) the same on the grid of twice the step
+    best_in_tile: torch.Tensor  # (N, T) float32: the largest log p(x, z) at a scan node of each tile
+    tile: float = TILE  # side of the tiles `refine` integrates again
+
+    @property
+    def tiles_per_axis(self) -> int:
+        return round(2 * self.limit / self.tile)
+
+
 @torch.no_grad()
-def tiled_quadrature(model: VAE, x: torch.Tensor, *, dim: int, limit: float, scan_step: float,
-                     fine_step: float, tile: float = TILE, margin: float = MARGIN, node_batch: int = 4096,
-                     image_batch: int = 2048) -> dict[str, torch.Tensor | float]:
-    """log p(x) for images x (N, P) on a fine grid where each image's integrand lives, coarse elsewhere.
+def scan(model: VAE, x: torch.Tensor, *, dim: int, limit: float, step: float, tile: float = TILE,
+         node_batch: int = 4096, image_batch: int = 2048) -> Scan:
+    """Every image x (N, P) against every node of the grid of `step` over [-limit, limit]^dim.
 
-    1. Scan: every image against the grid of `scan_step` over [-limit, limit]^dim (the plain rule).
-    2. The square is cut into tiles of side `tile`. For each image whose scan is not already resolved
-       (it moves by >= RESOLVED when the scan step doubles), the tiles whose best scan node is within
-       `margin` nats of the image's best scan node are integrated again on the grid of `fine_step`
-       (which contains the scan nodes). A Gaussian-shaped mode of standard deviation s is seen by
-       one of its tile's scan nodes at most (scan_step·√D/2)²/(2s²) nats below its peak, so with the
-       defaults no mode wider than s ≈ 0.007 can be missed.
-    3. Each image's answer: the fine sums on its refined tiles plus the scan sum everywhere else.
-
-    Returns float64 (N,) estimates "fine" (the answer), "coarse" (the same with twice the fine step),
-    "inner" (the scan, limit − 1) and "scan" (the scan, whole square), and "refined_nodes" (mean
-    fine nodes per image). The fine grid being nested (steps are powers of two) is what lets one
-    pass give "fine" and "coarse".
+    Nodes are grouped (inside the square narrower by 1?, on the grid of twice the step?) so that each
+    block lies in one group: the sums over the whole grid, the narrower square and the double step
+    come out of one pass. Tiles are closed squares of side `tile`: a node on an edge belongs to the
+    tiles on both sides, so a mode inside a tile is within half a scan-cell diagonal of one of that
+    tile's own nodes.
     """
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
-    n_img, d = len(x), dim
-    ratio = round(scan_step / fine_step)  # fine steps per scan step, a power of two >= 2
-    n_f, per_tile = round(limit / fine_step), round(tile / fine_step)  # fine indices run over [-n_f, n_f]
-    n_tiles = 2 * n_f // per_tile  # tiles per axis; the last one also holds the nodes at +limit
-    weights = torch.tensor([n_tiles ** (d - 1 - a) for a in range(d)], device=device)
-    # A node on a tile edge belongs to the tiles on both sides (closed tiles): then a mode inside a
-    # tile is always within half a scan cell diagonal of one of that tile's own scan nodes.
-    shifts = torch.cartesian_prod(*[torch.tensor([0, 1], device=device)] * d).reshape(-1, d)  # (2^D, D)
+    n_img, tile = len(x), max(tile, step)  # a tile holds at least one scan cell
+    n, per_tile = round(limit / step), round(tile / step)  # indices run over [-n, n]; scan steps per tile
+    n_tiles = 2 * n // per_tile
+    weights = torch.tensor([n_tiles ** (dim - 1 - a) for a in range(dim)], device=device)
+    shifts = torch.cartesian_prod(*[torch.tensor([0, 1], device=device)] * dim).reshape(-1, dim)  # (2^D, D)
 
-    def tiles_of(j: torch.Tensor) -> torch.Tensor:  # fine indices (B, D) -> (2^D, B) flat tile numbers
-        base = (j + n_f) // per_tile
-        on_edge = ((j + n_f) % per_tile == 0).long()
-        coords = (base - shifts[:, None, :] * on_edge).clamp(0, n_tiles - 1)  # (2^D, B, D)
+    def tiles_of(j: torch.Tensor) -> torch.Tensor:  # scan indices (B, D) -> (2^D, B) flat tile numbers
+        on_edge = ((j + n) % per_tile == 0).long()
+        coords = ((j + n) // per_tile - shifts[:, None, :] * on_edge).clamp(0, n_tiles - 1)  # (2^D, B, D)
         return (coords * weights).sum(-1)
 
-    # 1. the scan; nodes grouped (inside the square narrower by 1?, on the scan grid of twice the
-    # step?) so that every block lies in one group and each group's sum comes out of the same pass
-    j_scan = Grid(d, limit, scan_step).indices().to(device) * ratio  # as fine indices (G, D)
-    inside = (j_scan.abs() <= round((limit - 1) / fine_step)).all(-1)
-    even = (j_scan % (2 * ratio) == 0).all(-1)
+    j_all = Grid(dim, limit, step).indices().to(device)  # (G, D)
+    inside = (j_all.abs() <= round((limit - 1) / step)).all(-1)
+    even = (j_all % 2 == 0).all(-1)
     group = 2 * (~inside).long() + (~even).long()  # 0: inside, even; 1: inside, odd; 2, 3: outside
     order = torch.argsort(group, stable=True)
-    j_scan, group = j_scan[order], group[order]
-    group_sums = torch.full((4, n_img), -math.inf, dtype=torch.float64, device=device)
-    best_in_tile = torch.full((n_img, n_tiles ** d), -math.inf, device=device)  # (N, T)
+    j_all, group = j_all[order], group[order]
+    sums = torch.full((4, n_img), -math.inf, dtype=torch.float64, device=device)
+    best_in_tile = torch.full((n_img, n_tiles ** dim), -math.inf, device=device)
     ends = torch.cumsum(torch.bincount(group, minlength=4), 0).tolist()
-    cuts = sorted({*range(0, len(j_scan), node_batch), *ends, 0})
+    cuts = sorted({*range(0, len(j_all), node_batch), *ends, 0})
     for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
         g = int(group[start])
-        logits, bias = joint_terms(model, j_scan[start:stop].float() * fine_step)
-        tiles = tiles_of(j_scan[start:stop])  # (2^D, B); rows after the first differ on edge nodes only
+        logits, bias = joint_terms(model, j_all[start:stop].float() * step)
+        tiles = tiles_of(j_all[start:stop])  # rows after the first differ from it on edge nodes only
         edges = [(t[t != tiles[0]], t != tiles[0]) for t in tiles[1:]]
         for lo in range(0, n_img, image_batch):
             terms = x[lo:lo + image_batch] @ logits.T + bias  # (n, B) log p(x, z)
             block = torch.logsumexp(terms, 1).double()
-            group_sums[g, lo:lo + image_batch] = torch.logaddexp(group_sums[g, lo:lo + image_batch], block)
+            sums[g, lo:lo + image_batch] = torch.logaddexp(sums[g, lo:lo + image_batch], block)
             best = best_in_tile[lo:lo + image_batch]
             best.scatter_reduce_(1, tiles[0].expand_as(terms), terms, "amax")
             for t, on_edge in edges:
                 best.scatter_reduce_(1, t.expand(len(terms), -1), terms[:, on_edge], "amax")
-    log_h = d * math.log(scan_step)
-    scan = torch.logsumexp(group_sums, 0)
-    scan_inner = torch.logaddexp(group_sums[0], group_sums[1]) + log_h
-    scan_double = torch.logaddexp(group_sums[0], group_sums[2]) + d * math.log(2 * scan_step)
+    log_h = dim * math.log(step)
+    return Scan(dim, limit, step, log_px=torch.logsumexp(sums, 0) + log_h,
+                log_px_inner=torch.logaddexp(sums[0], sums[1]) + log_h,
+                log_px_double=torch.logaddexp(sums[0], sums[2]) + dim * math.log(2 * step),
+                best_in_tile=best_in_tile, tile=tile)
 
-    # 2. which tiles each image refines: none where the scan already agrees with its own double step
-    # (the integrand is resolved); else those whose best scan node is near the image's best
-    resolved = (scan + log_h - scan_double).abs() < RESOLVED
-    chosen = best_in_tile >= best_in_tile.max(1, keepdim=True).values - margin  # (N, T)
+
+@torch.no_grad()
+def refine(model: VAE, x: torch.Tensor, s: Scan, *, fine_step: float, margin: float = MARGIN,
+           node_batch: int = 4096, image_batch: int = 2048) -> dict[str, torch.Tensor | float]:
+    """log p(x) for images x (N, P) on the grid of `fine_step` where each image's integrand lives.
+
+    An image whose scan moves by >= RESOLVED when the scan step doubles has its tiles within
+    `margin` nats of its best scan node integrated again on the fine grid (which contains the scan
+    nodes); everywhere else its scan sum stands. A Gaussian-shaped mode of standard deviation σ is
+    seen by one of its own tile's scan nodes at most (step·√D/2)²/(2σ²) nats below its peak, so with
+    the defaults no mode wider than σ ≈ 0.007 can be missed.
+
+    Returns float64 (N,) "fine" (the answer) and "coarse" (the same with twice the fine step), and
+    "refined_nodes" (mean fine nodes per image) and "refined_images".
+    """
+    device = next(model.parameters()).device
+    x = x.to(device=device, dtype=torch.float32)
+    d, n_img, n_tiles = s.dim, len(x), s.tiles_per_axis
+    ratio = round(s.step / fine_step)  # fine steps per scan step, a power of two >= 2
+    n_f, per_tile = round(s.limit / fine_step), round(s.tile / fine_step)  # fine indices over [-n_f, n_f]
+    resolved = (s.log_px - s.log_px_double).abs() < RESOLVED
+    chosen = s.best_in_tile >= s.best_in_tile.max(1, keepdim=True).values - margin  # (N, T)
     chosen[resolved] = False
-    del best_in_tile
 
-    # 3. the fine pass over chosen tiles: sums at the fine step, twice it, and the scan step
     def tile_nodes(t: int) -> tuple[torch.Tensor, list[int]]:
         """Fine indices of tile t (B, D): scan nodes first, then the other nodes of the double step,
         then the rest, so that the three nested sums are over slices [:b0], [:b1] and [:]."""
@@ -220,14 +240,13 @@ def tiled_quadrature(model: VAE, x: torch.Tensor, *, dim: int, limit: float, sca
                 for k, block in (("scan", on_scan), ("double", on_double), ("fine", on_fine)):
                     sums[k][idx] = torch.logaddexp(sums[k][idx], block)
 
-    # 4. scan sum outside the refined tiles = all − refined part (float64; clamped at 0 for rounding)
-    outside = torch.log((1 - torch.exp(sums["scan"] - scan)).clamp_min(0)) + scan + log_h
+    # the scan sum outside the refined tiles = all − refined part (float64; clamped at 0 for rounding)
+    scan_units = s.log_px - d * math.log(s.step)  # back to a plain sum of p(x, z) over scan nodes
+    outside = torch.log((1 - torch.exp(sums["scan"] - scan_units)).clamp_min(0)) + s.log_px
     fine = torch.logaddexp(outside, sums["fine"] + d * math.log(fine_step))
     coarse = torch.logaddexp(outside, sums["double"] + d * math.log(2 * fine_step))
-    coarse = torch.where(resolved, scan_double, coarse)  # resolved images: the scan against its double step
-    return {"fine": fine, "coarse": coarse, "scan": scan + log_h, "inner": scan_inner,
-            "refined_nodes": float(chosen.sum(1).double().mean()) * per_tile ** d,
-            "refined_images": int((~resolved).sum())}
+    return {"fine": fine, "coarse": coarse, "refined_images": int((~resolved).sum()),
+            "refined_nodes": float(chosen.sum(1).double().mean()) * per_tile ** d}
 
 
 @dataclass
@@ -239,11 +258,12 @@ class ExactResult:
 def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: float | None = None,
               scan_step: float | None = None, fine_step: float | None = None,
               max_limit: float = 12.0, min_fine_step: float = 2.0 ** -10) -> ExactResult:
-    """−log p(x) for images x (N, P) by `tiled_quadrature`, refined until it moves < `tol` nats per image.
+    """−log p(x) for images x (N, P) by quadrature, refined until it moves < `tol` nats per image.
 
-    Each pass checks two changes, as means over images of |difference|: the fine grid against twice
-    its step, and the scan square against one narrower by 1 (the mass outside). The fine step is
-    halved, or the square widened by 2, until both are below `tol`; past `max_limit` or
+    Changes are means over images of |difference|. First the square: the scan is widened by 2 until
+    the mass outside the square narrower by 1 is below `tol`. Then the step: if the scan moves less
+    than `tol` when its step doubles, it is the answer; otherwise `refine` at `fine_step`, halved
+    until the answer moves less than `tol` against twice its step. Past `max_limit` or
     `min_fine_step` the last answer is returned with converged = False. Defaults: START_GRID.
     """
     d = model.to_stats.out_features // 2  # latent dimension
@@ -253,23 +273,28 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
     start = START_GRID[d]
     limit, scan_step, fine_step = limit or start[0], scan_step or start[1], fine_step or start[2]
     while True:
-        est = tiled_quadrature(model, x, dim=d, limit=limit, scan_step=scan_step, fine_step=fine_step)
-        d_step = (est["fine"] - est["coarse"]).abs()
-        d_range = (est["scan"] - est["inner"]).abs()
-        step_ok, range_ok = float(d_step.mean()) < tol, float(d_range.mean()) < tol
-        done = step_ok and range_ok
-        next_limit, next_step = limit + (0 if range_ok else 2), fine_step / (1 if step_ok else 2)
-        if done or next_limit > max_limit or next_step < min_fine_step:
-            info = {"limit": limit, "scan_step": scan_step, "fine_step": fine_step, "tile": TILE,
-                    "margin": MARGIN, "scan_points": Grid(d, limit, scan_step).points,
-                    "refined_points_per_image": est["refined_nodes"], "refined_images": est["refined_images"],
-                    "tolerance": tol, "converged": done,
-                    "change_vs_double_step": float(d_step.mean()),
-                    "max_change_vs_double_step": float(d_step.max()),
-                    "mass_outside_limit_minus_1": float(d_range.mean()),
-                    "scan_minus_fine": float((est["scan"] - est["fine"]).abs().mean())}
-            return ExactResult(-est["fine"], info)
-        limit, fine_step = next_limit, next_step
+        s = scan(model, x, dim=d, limit=limit, step=scan_step)
+        d_range = (s.log_px - s.log_px_inner).abs()
+        range_ok = float(d_range.mean()) < tol
+        if range_ok or limit + 2 > max_limit:
+            break
+        limit += 2
+    answer, coarse, used = s.log_px, s.log_px_double, None  # the scan, unless it is not resolved
+    refined = {"refined_nodes": 0.0, "refined_images": 0}
+    while float((answer - coarse).abs().mean()) >= tol and fine_step >= min_fine_step:
+        refined = refine(model, x, s, fine_step=fine_step)
+        answer, coarse, used = refined["fine"], refined["coarse"], fine_step
+        fine_step /= 2
+    d_step = (answer - coarse).abs()
+    info = {"limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile, "margin": MARGIN,
+            "scan_points": Grid(d, limit, scan_step).points,
+            "refined_points_per_image": refined["refined_nodes"], "refined_images": refined["refined_images"],
+            "tolerance": tol,
+            "converged": range_ok and float(d_step.mean()) < tol,
+            "change_vs_double_step": float(d_step.mean()), "max_change_vs_double_step": float(d_step.max()),
+            "mass_outside_limit_minus_1": float(d_range.mean()),
+            "scan_minus_answer": float((s.log_px - answer).abs().mean())}
+    return ExactResult(-answer, info)
 
 
 # --- importance sampling: IWAE_k and the ELBO -----------------------------------------------------
@@ -383,9 +408,10 @@ def summary_lines(result: dict) -> list[str]:
     if "exact" in result:
         ex = result["exact"]
         g = ex["grid"]
+        fine = (f"fine step {g['fine_step']:g} where the integrand lives" if g["fine_step"]
+                else "no finer step needed")
         lines.append(f"exact NLL      {ex['nll']:10.3f} nats/image on {ex['images']} test images "
-                     f"(quadrature on [-{g['limit']:g}, {g['limit']:g}]^D: scan step {g['scan_step']:g}, "
-                     f"fine step {g['fine_step']:g} where the integrand lives; "
+                     f"(quadrature on [-{g['limit']:g}, {g['limit']:g}]^D: scan step {g['scan_step']:g}, {fine}; "
                      f"{'converged' if g['converged'] else 'NOT converged'} to {g['tolerance']:g} nats/image)")
     lines.append(f"IWAE_{iw['k']:<9} {iw['nll']:10.3f} nats/image on {iw['images']} test images")
     lines.append(f"-ELBO          {el['neg_elbo']:10.3f} = reconstruction {el['reconstruction']:.3f} "
