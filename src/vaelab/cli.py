@@ -170,7 +170,7 @@ def reproduce(
     iwae_k: Annotated[int | None, typer.Option(help="Importance samples per image for IWAE and the ELBO  "
                                                "[default: 1000; quick: 100]")] = None,
     iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
-                                                    "[default: 500; quick: 200]")] = None,
+                                                    "[default: 300; quick: 200]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:

@@ -58,7 +58,7 @@ QUICK_TRAIN_IMAGES = 10000
 # (quadrature, latent <= 2) on every test image; IWAE and the ELBO split with IWAE_K samples on the
 # first IWAE_IMAGES test images, which fits the 15-minute budget; `--iwae-k 5000 --iwae-images 10000`
 # is the long version. --quick uses the QUICK_* values.
-IWAE_K, IWAE_IMAGES, REALISM_IMAGES = 1000, 500, 1000
+IWAE_K, IWAE_IMAGES, REALISM_IMAGES = 1000, 300, 1000
 QUICK_NLL_IMAGES, QUICK_IWAE_K, QUICK_IWAE_IMAGES, QUICK_REALISM_IMAGES = 1000, 100, 200, 300
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
