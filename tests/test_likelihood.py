@@ -54,12 +54,16 @@ def binary_images(n: int, n_pixels: int, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, n_pixels), 0.4), generator=torch.Generator().manual_seed(seed))
 
 
-def test_log_bernoulli_matrix_equals_the_objectives_bce():
+def test_joint_terms_give_the_objectives_bce_plus_the_prior_as_one_matmul():
+    model, _ = tiny_vae(2, n_pixels=11)
     x = binary_images(7, 11)
-    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(1)) * 4
-    matrix = lk.log_bernoulli_matrix(x, logits)  # (7, 5)
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(1)) * 2
+    logits, bias = lk.joint_terms(model, z)
+    joint = x @ logits.T + bias  # (7, 5)
     for g in range(5):
-        assert torch.allclose(matrix[:, g], -bernoulli_nll(logits[g].expand(7, -1), x), atol=1e-4)
+        reference = -bernoulli_nll(model.decode(z[g:g + 1]).expand(7, -1), x)
+        reference = reference + torch.distributions.Normal(0.0, 1.0).log_prob(z[g]).sum()
+        assert torch.allclose(joint[:, g], reference, atol=1e-4)
 
 
 def test_quadrature_matches_scipy_in_one_dimension():
