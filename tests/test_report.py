@@ -114,7 +114,7 @@ def test_discussion_names_the_best_reconstruction_only_when_resolved():
 def test_discussion_reports_the_noise_cost_with_its_sign():
     rows = rows_for({("autoencoder", 2): [40, 40], ("vae", 2): [30, 30]})
     text = " ".join(discussion(rows, epochs=5))
-    assert "VAE (paper) has 25% lower squared error than the autoencoder (30.00 vs 40.00)" in text
+    assert "VAE (paper) has 25.0% lower squared error than the autoencoder (30.00 vs 40.00)" in text
 
 
 def test_discussion_latent_dims_and_training_budget():
