@@ -663,7 +663,7 @@ STYLE = """
 body { font-family: Georgia, 'Times New Roman', serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
        line-height: 1.5; color: #222; }
 h1, h2 { font-family: Helvetica, Arial, sans-serif; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; overflow-x: auto; }
 th, td { border-bottom: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 figure { margin: 2em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.92em; }
