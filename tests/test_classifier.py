@@ -106,6 +106,6 @@ def test_real_mnist_classifier_reaches_99_percent(mnist_root):
     trained here (about 30 s on 2 idle cores) unless an earlier run cached it; the accuracy is
     recomputed from the weights either way."""
     model, record = clf.load_classifier("mnist", mnist_root, log=print)
-    accuracy = clf.test_accuracy(model, load_splits("mnist", mnist_root, valid_size=clf.HOLDOUT))
+    accuracy = clf.accuracy(model, load_splits("mnist", mnist_root, valid_size=clf.HOLDOUT))
     assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-9)
     assert accuracy >= 0.99
