@@ -444,9 +444,9 @@ def likelihood_paragraphs(rows: list[dict], *, epochs: int, eval_seed: int) -> l
         if nll is None or iw is None or gap is None:
             continue
         above = [b - a for a, b in zip(nll["values"], iw["values"], strict=True)]  # IWAE − NLL per seed
-        mean = sum(above) / len(above)
+        spread = {"mean": statistics.fmean(above), "std": statistics.stdev(above) if len(above) > 1 else None}
         name = f"{r['label']} z={r['latent_dim']}"
-        bounds.append(f"{name}: IWAE − NLL {mean:.2f}, −ELBO − NLL {_num(gap)}")
+        bounds.append(f"{name}: IWAE − NLL {_num(spread)}, −ELBO − NLL {_num(gap)}")
         if min(above) < -0.05 or any(b < a - 0.05 for a, b in zip(above, gap["values"], strict=True)):
             broken.append(name)
     if bounds:
