@@ -203,9 +203,9 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"classifier scores (test accuracy {100 * result['classifier_test_accuracy']:.2f}%; "
              f"MNIST Fréchet distance on its {result['feature_dim']} features, "
              "not comparable to Inception FID):",
-             f"{'images':22} {'confidence':>10} {'entropy':>10} {'Fréchet':>10}"]
+             f"{'images':24} {'confidence':>10} {'entropy':>10} {'Fréchet':>10}"]
     names = {"midpoints": "interpolation midpoints", "samples": "prior samples", "real": "real (reference)"}
     for key, name in names.items():
         r = result[key]
-        lines.append(f"{name:22} {r['confidence']:10.3f} {r['entropy']:10.3f} {r['frechet']:10.2f}")
+        lines.append(f"{name:24} {r['confidence']:10.3f} {r['entropy']:10.3f} {r['frechet']:10.2f}")
     return lines

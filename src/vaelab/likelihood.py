@@ -421,7 +421,8 @@ def summary_lines(result: dict) -> list[str]:
     if "posterior_gap" in result:
         gap = result["posterior_gap"]
         lines.append(f"posterior gap  {gap['neg_elbo_minus_nll']:10.3f} nats/image = -ELBO - NLL "
-                     f"= KL(q(z|x) || p(z|x)); IWAE - NLL {gap['iwae_minus_nll']:.3f}")
+                     f"= KL(q(z|x) || p(z|x)); IWAE - NLL {gap['iwae_minus_nll']:.3f} (on those "
+                     f"{gap['images']} images, whose exact NLL is {gap['exact_nll_on_these_images']:.3f})")
     au = result["active_units"]
     lines.append(f"active units   {au['count']} of {len(au['variances'])} "
                  f"(Var_x E[z|x] > {au['threshold']:g}: {', '.join(f'{v:.3g}' for v in au['variances'])})")
