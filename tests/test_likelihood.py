@@ -112,11 +112,11 @@ def sharp_vae():
 
 def test_refined_tiles_equal_the_plain_rule_on_the_fine_grid():
     model, x = sharp_vae()
-    s = lk.scan(model, x, dim=2, limit=4.0, step=1 / 16)
-    assert torch.allclose(s.log_px, lk.quadrature(model, x, lk.Grid(2, 4.0, 1 / 16)), atol=1e-4, rtol=0)
+    s = lk.scan(model, x, dim=2, limit=3.0, step=1 / 16)
+    assert torch.allclose(s.log_px, lk.quadrature(model, x, lk.Grid(2, 3.0, 1 / 16)), atol=1e-4, rtol=0)
     est = lk.refine(model, x, s, fine_step=1 / 64)
     assert est["refined_images"] == len(x)
-    plain = lk.quadrature(model, x, lk.Grid(2, 4.0, 1 / 64))
+    plain = lk.quadrature(model, x, lk.Grid(2, 3.0, 1 / 64))
     error = (est["fine"] - plain).abs()
     assert float(error.max()) < 2e-3
     # the scan alone is much further off: the refined tiles do the work
