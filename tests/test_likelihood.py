@@ -306,20 +306,31 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
     assert ae["cells"]["exact_nll"] is None and ae["cells"]["midpoint_confidence"]["mean"] == pytest.approx(0.6)
     vae = next(r for r in rows if r["objective"] == "elbo")
     assert vae["cells"]["exact_nll"]["values"] == [140.0, 141.0]
-    text = " ".join(report.likelihood_paragraphs(rows, epochs=5, eval_seed=1234))
-    assert "−135.73 ± 0.83" in text and "−132.50" in text and "VAE (ELBO) 140.50 ± 0.71" in text
+    anchor = report.anchor_paragraph(rows, epochs=5, eval_seed=1234)
+    assert "−135.73 ± 0.83" in anchor and "−132.50" in anchor and "VAE (ELBO) 140.50 ± 0.71" in anchor
+    text = " ".join(report.likelihood_paragraphs(rows))
     assert "holds in every run" in text
     assert "claim that the VAE's midpoints are digits and the autoencoder's are not is supported" in text
     lines = " ".join(report.measurement_lines(report.measurement_summary(records)))
     assert "k = 1000 samples per image on the first 500 test images" in lines and "99.30%" in lines
     assert "latent 2: [−L, L]^2 with L = 6, scan step 1/16, fine step 1/64" in lines
 
+    # in the report the anchor sits under the likelihood table
+    setup = report.Setup(command="vaelab reproduce", version="0", epochs=5, seeds=(0, 1), latent_dims=(2,),
+                         train_images=None, split_sizes=(50000, 10000, 10000), base=RunConfig(), machine="m",
+                         runs_reused=0, runs_total=6, train_seconds_total=1.0, phase_seconds={}, wall_seconds=1.0,
+                         figure_seed=0, interpolation_classes=(0, 1))
+    blocks = report.report_blocks(rows, setup, {}, report.measurement_summary(records))
+    kinds = [(b[0], b[1] if b[0] in ("h2", "p") else None) for b in blocks]
+    heading = kinds.index(("h2", "Likelihoods and posterior diagnostics (VAEs)"))
+    assert kinds[heading + 1][0] == "table" and kinds[heading + 3] == ("p", anchor)
+
     # the verdicts follow the numbers: a bound violated, the autoencoder's midpoints better
     flipped = [likelihood_record(m, o, 2, s, nll=140.0, iwae_gap=-1.0 if m == "vae" else 0.0, elbo_gap=5.0,
                                  confidence=c, frechet=f)
                for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.95, 8.0),
                                                   ("vae", "elbo", 0.6, 40.0))]
-    text = " ".join(report.likelihood_paragraphs(report.results_rows(flipped), epochs=5, eval_seed=1234))
+    text = " ".join(report.likelihood_paragraphs(report.results_rows(flipped)))
     assert "fails beyond 0.05 nats" in text and "is not supported" in text
 
 
