@@ -117,19 +117,19 @@ COLUMNS: list[Column] = [
     Column("exact_nll", "exact NLL", _lik("exact", "nll"),
            "−log p(x) = −log ∫ p(x|z) p(z) dz on the test images by quadrature over the latent space, refined "
            "until it moves < 0.01 nats per image, nats per image (latent dimension ≤ 2)", group="likelihood"),
-    Column("exact_nll_iwae_images", "NLL*", _lik("posterior_gap", "exact_nll_on_these_images"),
+    Column("exact_nll_iwae_images", "NLL†", _lik("posterior_gap", "exact_nll_on_these_images"),
            "the same exact NLL on the IWAE images only, nats per image", group="likelihood"),
-    Column("iwae", "IWAE*", _lik("iwae", "nll"),
+    Column("iwae", "IWAE†", _lik("iwae", "nll"),
            "the importance-weighted bound −log (1/k) Σ p(x, z_i)/q(z_i|x) (Burda et al. 2016), nats per "
            "image: never below the NLL", group="likelihood"),
-    Column("neg_elbo", "−ELBO*", _lik("elbo", "neg_elbo"),
+    Column("neg_elbo", "−ELBO†", _lik("elbo", "neg_elbo"),
            "the negative ELBO with the same q and samples, nats per image: reconstruction + KL",
            group="likelihood"),
-    Column("elbo_reconstruction", "reconstruction*", _lik("elbo", "reconstruction"),
+    Column("elbo_reconstruction", "reconstruction†", _lik("elbo", "reconstruction"),
            "E_q[−log p(x|z)] from those samples, nats per image", group="likelihood"),
-    Column("elbo_kl", "KL*", _lik("elbo", "kl"),
+    Column("elbo_kl", "KL†", _lik("elbo", "kl"),
            "KL(q(z|x) ‖ N(0, I)) in closed form, nats per image", group="likelihood"),
-    Column("posterior_gap", "−ELBO − NLL*", _lik("posterior_gap", "neg_elbo_minus_nll"),
+    Column("posterior_gap", "−ELBO − NLL†", _lik("posterior_gap", "neg_elbo_minus_nll"),
            "the posterior gap KL(q(z|x) ‖ p(z|x)): what the encoder's q misses of the true posterior, nats "
            "per image", group="likelihood"),
     Column("active_units", "active units", _lik("active_units", "count"),
@@ -611,7 +611,7 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
         if shown:
             blocks += [("h2", title), ("table", *table_cells(shown, cols))]
             if group == "likelihood" and measurement and "iwae_k" in measurement:
-                blocks.append(("p", f"*: on the first {measurement['iwae_images']} test images, where IWAE and "
+                blocks.append(("p", f"†: on the first {measurement['iwae_images']} test images, where IWAE and "
                                     f"the ELBO use k = {measurement['iwae_k']} samples per image; exact NLL: on "
                                     f"{measurement.get('exact_images', 'all')} test images."))
             anchor = anchor_paragraph(shown, epochs=setup.epochs, eval_seed=setup.base.eval_seed)
