@@ -64,9 +64,7 @@ def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: 
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write(Path(path), buffer.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 def _image_rows(rows: list[tuple[str, torch.Tensor]], *, ncols: int, cell: float = 0.42, left: float = 1.7,
