@@ -11,7 +11,7 @@ import torch
 
 from conftest import FAKE_TEST, FAKE_TRAIN, FAKE_VALID, trust_files, write_fake_dataset
 from vaelab import data as vdata
-from vaelab.data import DataError, load_splits, locate, pixel_data
+from vaelab.data import DataError, bernoulli_draw, load_splits, locate, pixel_data
 
 
 def test_splits_hold_out_the_last_training_images(fake_mnist):
@@ -139,3 +139,13 @@ def test_real_mnist_is_verified(mnist_root: Path):
     splits = load_splits("mnist", mnist_root, download=False)
     assert (len(splits.train_x), len(splits.valid_x), len(splits.test_x)) == (50000, 10000, 10000)
     assert splits.train_y[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first MNIST labels
+
+
+def test_bernoulli_draw_has_the_bernoulli_distribution():
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).expand(40000, 5)
+    draw = bernoulli_draw(p, torch.Generator().manual_seed(0))
+    assert set(draw.unique().tolist()) <= {0.0, 1.0}
+    assert draw[:, 0].sum() == 0 and draw[:, 4].sum() == 40000  # p = 0 never, p = 1 always
+    torch.testing.assert_close(draw.mean(0), p[0], atol=0.01, rtol=0)  # sd of a mean <= 0.0025
+    again = bernoulli_draw(p, torch.Generator().manual_seed(0))
+    assert torch.equal(draw, again)

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .linear import Linear
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
+        layers.append(Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -28,7 +29,7 @@ class Decoder(nn.Module):
     def __init__(self, latent_dim: int, hidden: tuple[int, ...], n_pixels: int):
         super().__init__()
         self.to_hidden = nn.Sequential(mlp([latent_dim, *reversed(hidden)]), nn.ReLU())
-        self.to_logits = nn.Linear(hidden[0], n_pixels)
+        self.to_logits = Linear(hidden[0], n_pixels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.to_logits(self.to_hidden(z))
@@ -40,7 +41,7 @@ class Autoencoder(nn.Module):
     def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...]):
         super().__init__()
         self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
-        self.to_code = nn.Linear(hidden[-1], latent_dim)
+        self.to_code = Linear(hidden[-1], latent_dim)
         self.decoder = Decoder(latent_dim, hidden, n_pixels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class VAE(nn.Module):
     def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...]):
         super().__init__()
         self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
-        self.to_stats = nn.Linear(hidden[-1], 2 * latent_dim)
+        self.to_stats = Linear(hidden[-1], 2 * latent_dim)
         self.decoder = Decoder(latent_dim, hidden, n_pixels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

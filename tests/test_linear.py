@@ -1,0 +1,68 @@
+"""vaelab.linear.Linear against torch's own nn.Linear: same values and gradients, fallbacks where due."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vaelab import linear
+from vaelab.linear import Linear, onednn_available
+
+
+def _grads(layer: torch.nn.Linear, x: torch.Tensor, upstream: torch.Tensor, forward) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    y = forward(x)
+    y.backward(upstream)
+    return y.detach(), x.grad, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (3, 5, 96)])
+def test_values_and_gradients_match_nn_linear(shape):
+    torch.manual_seed(0)
+    layer = Linear(96, 48)
+    x, upstream = torch.randn(shape), torch.randn(*shape[:-1], 48)
+    ours = _grads(layer, x, upstream, layer)
+    reference = _grads(layer, x, upstream, lambda t: F.linear(t, layer.weight, layer.bias))
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_onednn_path_is_taken_for_wide_float32_layers(monkeypatch):
+    """This build has oneDNN; the wide layers must use it (the speed-up the benchmark measures)."""
+    assert onednn_available()
+    calls = []
+    original = linear._OneDnnLinear.apply
+    monkeypatch.setattr(linear._OneDnnLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    Linear(64, 64)(torch.randn(4, 64))
+    assert calls == [1]
+    Linear(64, 4)(torch.randn(4, 64))  # thin: MKL
+    Linear(64, 64).double()(torch.randn(4, 64, dtype=torch.float64))  # float64: torch's own
+    Linear(64, 64)(torch.randn(0, 64))  # empty batch: torch's own
+    assert calls == [1]
+
+
+def test_stride_zero_gradient_of_a_sum():
+    """loss = y.sum() hands backward an expanded (stride-0) gradient: oneDNN reads it as ones."""
+    torch.manual_seed(1)
+    layer = Linear(40, 40)
+    x = torch.randn(8, 40)
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, torch.ones(8, 40).T @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, torch.full((40,), 8.0))
+
+
+def test_first_layer_skips_the_input_gradient():
+    layer = Linear(50, 40)
+    x = torch.randn(6, 50)  # data: no gradient wanted
+    layer(x).pow(2).sum().backward()
+    assert x.grad is None and layer.weight.grad is not None
+
+
+def test_state_dict_is_nn_linears():
+    torch.manual_seed(2)
+    ours = Linear(32, 33)
+    torch.manual_seed(2)
+    theirs = torch.nn.Linear(32, 33)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for k in ours.state_dict():
+        torch.testing.assert_close(ours.state_dict()[k], theirs.state_dict()[k], rtol=0, atol=0)
