@@ -87,7 +87,7 @@ def test_plan_covers_every_model_dim_and_seed_with_one_setup():
 # --- runs: reuse, resume, force, mismatch (fake data) ----------------------------------------------
 
 def tiny_spec(epochs: int, **overrides) -> RunSpec:
-    values = dict(model="vae", objective="elbo", latent_dim=2, hidden=(16,), epochs=epochs, batch_size=64,
+    values = dict(model="vae", objective="elbo", latent_dim=2, hidden=(16,), epochs=epochs, batch_size=64, lr=1e-3,
                   valid_size=FAKE_VALID)
     values.update(overrides)
     return RunSpec(RunConfig(**values), None)
