@@ -3,6 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vaelab-installed
+# MNIST look-up (see README, Data): --data-dir, $VAELAB_DATA, the cache, then a download. A checkout
+# with ../shared/data beside it (this project's offline machines) uses that when VAELAB_DATA is unset.
+ifeq ($(origin VAELAB_DATA),undefined)
+ifneq ($(wildcard ../shared/data/MNIST/raw),)
+export VAELAB_DATA := $(abspath ../shared/data)
+endif
+endif
 
 .PHONY: test reproduce install lint clean
 

@@ -34,8 +34,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0", help="comma-separated values")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size,
+                        help="held-out images (the last of the official training set)")
     args = parser.parse_args()
-    data = load_data(RunConfig(), args.data_dir)
+    data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
     print(f"{args.objective} objective, latent {args.latent_dim}, {args.epochs} epochs, seeds {args.seeds}")
     print(f"{'hidden':>10} {'batch':>6} {'lr':>7} {'min valid loss':>15} {'sd':>5} {'s/epoch':>8}")
     for hidden in args.hidden.split(";"):
@@ -45,7 +47,8 @@ def main() -> None:
                 for seed in numbers(args.seeds, int):
                     config = RunConfig(model="vae", objective=args.objective, latent_dim=args.latent_dim,
                                        hidden=tuple(numbers(hidden, int)), epochs=args.epochs,
-                                       batch_size=batch_size, lr=lr, seed=seed)
+                                       batch_size=batch_size, lr=lr, seed=seed,
+                                       valid_size=args.valid_size)
                     with tempfile.TemporaryDirectory() as tmp:
                         result = train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
                         timing = (Path(tmp) / "run" / "timing.jsonl").read_text().splitlines()

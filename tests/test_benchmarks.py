@@ -1,0 +1,38 @@
+"""The on-demand benchmarks run end to end (on tiny fake data here) and print what they promise."""
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import FAKE_VALID
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(name: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    with torch.random.fork_rng(devices=[]):
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+
+
+def test_train_speed_prints_both_times_the_ratio_and_the_matmul_share(fake_mnist, monkeypatch, capsys):
+    run_benchmark("train_speed.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID)], monkeypatch)
+    out = capsys.readouterr().out
+    assert re.search(r"reference loop, batch 128: +[\d.]+ s/epoch", out), out
+    assert re.search(r"vaelab trainer, batch 512: +[\d.]+ s/epoch .* -> [\d.]+x faster \(vaelab's default\)", out)
+    assert re.search(r"vaelab trainer, batch 128: +[\d.]+ s/epoch .* -> [\d.]+x faster\n", out)
+    assert re.search(r"-> \d+% of torch\.matmul, \d+% of the faster matmul", out), out
+
+
+def test_defaults_sweep_prints_one_row_per_cell(fake_mnist, monkeypatch, capsys):
+    run_benchmark("defaults_sweep.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID),
+                                        "--batch-size", "32,64", "--lr", "1e-3", "--hidden", "16;8",
+                                        "--epochs", "1", "--seeds", "0,1"], monkeypatch)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("16", "32", "0.001"), ("16", "64", "0.001"),
+                                                  ("8", "32", "0.001"), ("8", "64", "0.001")]
+    for row in rows:
+        assert 0 < float(row[3]) < 1000 and float(row[4]) >= 0  # mean loss (nats/image), sd over the two seeds
