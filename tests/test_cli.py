@@ -92,3 +92,11 @@ def test_help_shows_examples(capsys):
     assert code == 0 and "vaelab train --resume runs/vae-z2 --epochs 40" in out
     code, out, _ = run(["train", "--help"], capsys)
     assert code == 0 and "--latent-dim" in out and "--resume" in out
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "reproduce"])
+def test_help_prints_defaults_plainly(command, capsys):
+    """Plain-text help: no rich escapes such as '\\[default: auto]' leak into it."""
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0 and "[default: " in out and "\\[" not in out
+

@@ -19,7 +19,24 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .config import DEFAULT_OBJECTIVE, ConfigError, RunConfig, parse_hidden
 from .data import DataError
+from .reproduce import (
+    DEFAULT_EPOCHS,
+    DEFAULT_SEEDS,
+    IWAE_IMAGES,
+    IWAE_K,
+    QUICK_EPOCHS,
+    QUICK_IWAE_IMAGES,
+    QUICK_IWAE_K,
+    QUICK_SEEDS,
+    make_settings,
+    parse_latent_dims,
+)
+from .reproduce import reproduce as run_reproduce
 from .train import NonFiniteLossError, TrainingInterrupted
+
+# Help is plain click text (rich_markup_mode=None below), but typer < 0.20 escapes its "[default: ...]"
+# notes for rich whenever rich is installed, printing "\[default: auto]"; this tells it not to.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     add_completion=False,
@@ -160,24 +177,24 @@ def sample(
 def reproduce(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny budget (about a minute): 1 seed, 3 epochs, "
                                         "the first 10000 training images")] = False,
-    seeds: Annotated[int | None, typer.Option(help="Seeds per model and latent dim  [default: 3; quick: 1]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per run  [default: 10; quick: 3]")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help=f"Seeds per model and latent dim  [default: {DEFAULT_SEEDS}; quick: {QUICK_SEEDS}]")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help=f"Epochs per run  [default: {DEFAULT_EPOCHS}; quick: {QUICK_EPOCHS}]")] = None,
     latent_dims: Annotated[str, typer.Option(help="Latent dimensions, comma-separated  [default: 1,2]",
                                              show_default=False)] = "1,2",
     out: Annotated[Path, typer.Option(help="Report directory; runs go to OUT/runs/  [default: report]",
                                       show_default=False)] = Path("report"),
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already exist")] = False,
     iwae_k: Annotated[int | None, typer.Option(help="Importance samples per image for IWAE and the ELBO  "
-                                               "[default: 1000; quick: 100]")] = None,
+                                               f"[default: {IWAE_K}; quick: {QUICK_IWAE_K}]")] = None,
     iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
-                                                    "[default: 300; quick: 200]")] = None,
+                                                    f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
     """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
     results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
-    from .reproduce import make_settings, parse_latent_dims
-    from .reproduce import reproduce as run_reproduce
 
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)
