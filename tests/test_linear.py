@@ -66,3 +66,17 @@ def test_state_dict_is_nn_linears():
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for k in ours.state_dict():
         torch.testing.assert_close(ours.state_dict()[k], theirs.state_dict()[k], rtol=0, atol=0)
+
+
+def test_a_torch_whose_onednn_op_fails_falls_back_to_nn_linear(monkeypatch):
+    def broken(a, b):
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(linear, "_matmul_t", broken)
+    linear.onednn_available.cache_clear()
+    try:
+        assert not onednn_available()
+        layer, x = Linear(64, 64), torch.randn(4, 64)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    finally:
+        linear.onednn_available.cache_clear()

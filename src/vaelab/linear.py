@@ -15,11 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Thinner layers (the code layers, e.g. 256 -> 2·z) stay on MKL: oneDNN's fixed cost of ~20 µs per
+# call exceeds MKL's whole product there (measured at batch 128-512).
+ONEDNN_MIN_WIDTH = 32
+
 
 @functools.cache
 def onednn_available() -> bool:
-    """Whether this torch build has oneDNN's fused linear op usable on this CPU."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch build has oneDNN's linear op and it runs on this CPU (tried once, on 1x1)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        _matmul_t(torch.ones(1, 1), torch.ones(1, 1))
+    except (AttributeError, NotImplementedError, RuntimeError):  # op missing, or no kernel for this CPU
+        return False
+    return True
 
 
 def _matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,10 +53,6 @@ class _OneDnnLinear(torch.autograd.Function):
         grad_weight = _matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None  # (out, in)
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (out,)
         return grad_x, grad_weight, grad_bias
-
-
-ONEDNN_MIN_WIDTH = 32  # thinner layers (the code layers, e.g. 256 -> 2·z) stay on MKL: oneDNN's fixed
-# cost of ~20 µs per call exceeds MKL's whole product there (measured at batch 128-512)
 
 
 class Linear(nn.Linear):
