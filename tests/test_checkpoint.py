@@ -77,6 +77,12 @@ def test_config_errors_are_clear(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="newer vaelab"):
         load_config(tmp_path)
+    save_config(tmp_path, CONFIG, version="test")
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.update(format_version=1, vaelab_version="0.1.0")  # binarized with another draw: refused
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"older vaelab \(format 1, 0\.1\.0\).*train it again"):
+        load_config(tmp_path)
 
 
 def test_training_state_restores_weights_adam_and_rng(tmp_path):

@@ -51,11 +51,42 @@ def test_stride_zero_gradient_of_a_sum():
     torch.testing.assert_close(layer.bias.grad, torch.full((40,), 8.0))
 
 
-def test_first_layer_skips_the_input_gradient():
+def _counting_onednn_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = linear.onednn_linear
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("wants_input_grad, matmuls", [(False, 2), (True, 3)])
+def test_the_input_gradient_is_computed_only_when_wanted(wants_input_grad, matmuls, monkeypatch):
+    """A first layer's input is data: forward + dL/dW only, no dL/dx matmul."""
     layer = Linear(50, 40)
-    x = torch.randn(6, 50)  # data: no gradient wanted
+    x = torch.randn(6, 50, requires_grad=wants_input_grad)
+    calls = _counting_onednn_calls(monkeypatch)
     layer(x).pow(2).sum().backward()
-    assert x.grad is None and layer.weight.grad is not None
+    assert len(calls) == matmuls and layer.weight.grad is not None
+    assert (x.grad is not None) == wants_input_grad
+
+
+def test_a_second_derivative_raises_instead_of_coming_back_wrong():
+    layer, x = Linear(40, 40), torch.randn(5, 40, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|differentiable"):
+        grad_x.sum().backward()
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's flags() warns on CPU builds
+def test_torch_switches_and_errors_are_nn_linears(monkeypatch):
+    layer, x = Linear(64, 64), torch.randn(4, 64)
+    calls = _counting_onednn_calls(monkeypatch)
+    with torch.backends.mkldnn.flags(enabled=False):
+        layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.Linear(64, 64)(x).dtype == torch.bfloat16
+    assert calls == []
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        layer(torch.randn(4, 63))
 
 
 def test_state_dict_is_nn_linears():
@@ -69,10 +100,10 @@ def test_state_dict_is_nn_linears():
 
 
 def test_a_torch_whose_onednn_op_fails_falls_back_to_nn_linear(monkeypatch):
-    def broken(a, b):
+    def broken(*args):
         raise RuntimeError("no oneDNN kernel for this CPU")
 
-    monkeypatch.setattr(linear, "_matmul_t", broken)
+    monkeypatch.setattr(linear, "onednn_linear", broken)
     linear.onednn_available.cache_clear()
     try:
         assert not onednn_available()

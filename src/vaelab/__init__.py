@@ -1,5 +1,5 @@
 """vaelab: the VAE paper as software — PCA, autoencoder and VAE on MNIST, trained and measured."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -35,7 +35,9 @@ from torch import nn
 
 from .config import ConfigError, RunConfig
 
-FORMAT_VERSION = 1  # bump when the run-directory layout changes incompatibly
+FORMAT_VERSION = 2  # bump when the run-directory layout, or what a run's numbers mean, changes incompatibly
+# Format 1 (vaelab 0.1.0) binarized images with torch.bernoulli; format 2 draws U < p (data.bernoulli_draw),
+# so its validation and test images differ: a format-1 run's logged losses do not compare with today's.
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_DIR = "checkpoints"
@@ -202,6 +204,10 @@ def load_config(run_dir: Path) -> RunConfig:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{run_dir}: made by a newer vaelab (format {version}, this one reads up to "
                               f"{FORMAT_VERSION}); upgrade vaelab")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{run_dir}: made by an older vaelab (format {version}, {raw.get('vaelab_version')}) "
+                              f"whose binarized validation and test images differ from this version's; its logged "
+                              f"losses would not compare, so train it again (a new --out, or reproduce --force)")
     try:
         return RunConfig.from_dict(raw["config"])
     except (ConfigError, TypeError) as e:

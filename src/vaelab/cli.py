@@ -17,21 +17,22 @@ import typer
 
 from . import __version__
 from .checkpoint import CheckpointError
-from .config import DEFAULT_OBJECTIVE, ConfigError, RunConfig, parse_hidden
-from .data import DataError
-from .reproduce import (
+from .config import (
     DEFAULT_EPOCHS,
+    DEFAULT_OBJECTIVE,
     DEFAULT_SEEDS,
     IWAE_IMAGES,
     IWAE_K,
+    LATENT_DIMS,
     QUICK_EPOCHS,
     QUICK_IWAE_IMAGES,
     QUICK_IWAE_K,
     QUICK_SEEDS,
-    make_settings,
-    parse_latent_dims,
+    ConfigError,
+    RunConfig,
+    parse_hidden,
 )
-from .reproduce import reproduce as run_reproduce
+from .data import DataError
 from .train import NonFiniteLossError, TrainingInterrupted
 
 # Help is plain click text (rich_markup_mode=None below), but typer < 0.20 escapes its "[default: ...]"
@@ -181,8 +182,9 @@ def reproduce(
         help=f"Seeds per model and latent dim  [default: {DEFAULT_SEEDS}; quick: {QUICK_SEEDS}]")] = None,
     epochs: Annotated[int | None, typer.Option(
         help=f"Epochs per run  [default: {DEFAULT_EPOCHS}; quick: {QUICK_EPOCHS}]")] = None,
-    latent_dims: Annotated[str, typer.Option(help="Latent dimensions, comma-separated  [default: 1,2]",
-                                             show_default=False)] = "1,2",
+    latent_dims: Annotated[str, typer.Option(help="Latent dimensions, comma-separated  "
+                                             f"[default: {','.join(map(str, LATENT_DIMS))}]",
+                                             show_default=False)] = ",".join(map(str, LATENT_DIMS)),
     out: Annotated[Path, typer.Option(help="Report directory; runs go to OUT/runs/  [default: report]",
                                       show_default=False)] = Path("report"),
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already exist")] = False,
@@ -195,6 +197,8 @@ def reproduce(
 ) -> None:
     """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
     results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
+    from .reproduce import make_settings, parse_latent_dims
+    from .reproduce import reproduce as run_reproduce
 
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)

@@ -34,7 +34,22 @@ from .checkpoint import (
     read_metrics,
     write_json,
 )
-from .config import RunConfig
+from .config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_SEEDS,
+    IWAE_IMAGES,
+    IWAE_K,
+    LATENT_DIMS,
+    QUICK_EPOCHS,
+    QUICK_IWAE_IMAGES,
+    QUICK_IWAE_K,
+    QUICK_NLL_IMAGES,
+    QUICK_REALISM_IMAGES,
+    QUICK_SEEDS,
+    QUICK_TRAIN_IMAGES,
+    REALISM_IMAGES,
+    RunConfig,
+)
 from .data import PixelData
 from .evaluate import evaluate_run, load_run, sample_images
 from .models import decode_to_pixels, encode_mean
@@ -43,24 +58,6 @@ from .train import NonFiniteLossError, TrainingInterrupted, load_data, resolve_d
 
 # The paper's sequence of models, each with the objective it trains on.
 EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
-LATENT_DIMS = (1, 2)  # the paper's latent dimensions
-# Default budget, chosen so that `make reproduce` stays within 15 minutes on 2 CPU cores with room
-# for the likelihood and classifier evaluation: 18 trained runs x DEFAULT_EPOCHS epochs at about 1.3 s
-# per epoch (measured on 2 idle cores: batch 512, hidden 512,256, 50k images, validation included) is
-# 8 minutes of training.
-DEFAULT_EPOCHS = 20
-DEFAULT_SEEDS = 3
-# --quick: the same pipeline in well under a minute (used by the tests): one seed, three epochs,
-# on the first QUICK_TRAIN_IMAGES images of the training split (validation and test sets unchanged).
-QUICK_EPOCHS = 3
-QUICK_SEEDS = 1
-QUICK_TRAIN_IMAGES = 10000
-# Likelihoods and classifier scores in the table (evaluate_run's nll / classifier options). Exact NLL
-# (quadrature, latent <= 2) on every test image; IWAE and the ELBO split with IWAE_K samples on the
-# first IWAE_IMAGES test images, which fits the 15-minute budget; `--iwae-k 5000 --iwae-images 10000`
-# is the long version. --quick uses the QUICK_* values.
-IWAE_K, IWAE_IMAGES, REALISM_IMAGES = 1000, 300, 1000
-QUICK_NLL_IMAGES, QUICK_IWAE_K, QUICK_IWAE_IMAGES, QUICK_REALISM_IMAGES = 1000, 100, 200, 300
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
 
