@@ -591,6 +591,7 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
     ("figure", number, path, caption). `measurement`: `measurement_summary` of the runs."""
     main = [c for c in COLUMNS if not c.group]
     header, body = table_cells(rows, main)
+    summary, notes = table_notes(rows, main)
     blocks: list[tuple] = [
         ("h1", "vaelab: PCA → autoencoder → VAE on MNIST, measured"),
         ("p", "The Results section of *Derivation and Discussion of Variational Autoencoder Model* with real "
@@ -600,8 +601,8 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
         ("ul", setup_lines(setup) + measurement_lines(measurement or {})),
         ("h2", "Results"),
         ("table", header, body),
-        ("p", table_notes(rows, main)[0]),
-        ("ul", table_notes(rows, main)[1]),
+        ("p", summary),
+        ("ul", notes),
     ]
     titles = {"likelihood": "Likelihoods and posterior diagnostics (VAEs)",
               "classifier": "Are midpoints and samples digits? Classifier scores"}
@@ -610,13 +611,14 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
         shown = [r for r in rows if any(r["cells"][c.key] is not None for c in cols)]
         if shown:
             blocks += [("h2", title), ("table", *table_cells(shown, cols))]
-            if group == "likelihood" and measurement and "iwae_k" in measurement:
-                blocks.append(("p", f"†: on the first {measurement['iwae_images']} test images, where IWAE and "
-                                    f"the ELBO use k = {measurement['iwae_k']} samples per image; exact NLL: on "
-                                    f"{measurement.get('exact_images', 'all')} test images."))
-            anchor = anchor_paragraph(shown, epochs=setup.epochs, eval_seed=setup.base.eval_seed)
-            if group == "likelihood" and anchor and (setup.base.dataset, setup.base.binarize) == ("mnist", "dynamic"):
-                blocks.append(("p", anchor))
+            if group == "likelihood":
+                if measurement and "iwae_k" in measurement:
+                    blocks.append(("p", f"†: on the first {measurement['iwae_images']} test images, where IWAE "
+                                        f"and the ELBO use k = {measurement['iwae_k']} samples per image; exact "
+                                        f"NLL: on {measurement.get('exact_images', 'all')} test images."))
+                anchor = anchor_paragraph(shown, epochs=setup.epochs, eval_seed=setup.base.eval_seed)
+                if anchor and (setup.base.dataset, setup.base.binarize) == ("mnist", "dynamic"):
+                    blocks.append(("p", anchor))
             blocks.append(("ul", table_notes(shown, cols)[1]))
     blocks += [
         ("p", "All tables: `results.md`, `results.csv`, `results.json` (per-seed values)."),
