@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from vaelab.config import RunConfig
-from vaelab.train import load_data, train
+from vaelab.data import load_data
+from vaelab.training import train
 
 
 def numbers(text: str, kind: type) -> list:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from vaelab.checkpoint import load_trained
 from vaelab.config import RunConfig
-from vaelab.evaluate import load_run
+from vaelab.data import load_data
 from vaelab.likelihood import exact_nll, importance_sampled
-from vaelab.train import load_data, train
+from vaelab.training import train
 
 TARGETS = {"exact_seconds": 30.0, "iwae_seconds": 90.0}  # for 10k images and k = 1000
 
@@ -54,7 +55,7 @@ def main() -> None:
             started = time.perf_counter()
             train(config, run, progress=False, log=lambda _: None)
             print(f"trained {run.name} for {args.epochs} epochs in {time.perf_counter() - started:.0f} s")
-        model, config, _ = load_run(run, "cpu")
+        model, config, _ = load_trained(run, "cpu")
         if config.model != "vae" or config.latent_dim != 2:
             raise SystemExit(f"{run}: need a latent-2 VAE, got {config.model} with latent {config.latent_dim}")
         x = load_data(config).test[:args.images]

@@ -26,8 +26,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from vaelab.config import RunConfig
+from vaelab.data import load_data
 from vaelab.linear import onednn_available, onednn_linear
-from vaelab.train import init_model, load_data, train
+from vaelab.models import init_model
+from vaelab.training import train
 
 
 class PilMnist(Dataset):

@@ -16,6 +16,8 @@ from vaelab import data as vdata
 FAKE_TRAIN = 300  # images in the fake "official training set"
 FAKE_TEST = 100
 FAKE_VALID = 100  # use RunConfig(valid_size=FAKE_VALID) with the fake data
+# The real MNIST root as given when the tests started (fixtures may point $VAELAB_DATA at fake data later).
+REAL_DATA = os.environ.get(vdata.ENV_DATA)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -38,11 +40,12 @@ def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (images * 255).astype(np.uint8), labels
 
 
-def write_fake_dataset(root: Path, spec: vdata.DatasetSpec, *, gz: bool = False, seed: int = 0) -> dict[str, Path]:
+def write_fake_dataset(root: Path, spec: vdata.DatasetSpec, *, gz: bool = False, seed: int = 0,
+                       n_train: int = FAKE_TRAIN) -> dict[str, Path]:
     """Write the four IDX files of `spec` under root/<folder>/raw; returns role -> path."""
     raw = root / spec.folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    train_x, train_y = fake_digits(FAKE_TRAIN, seed)
+    train_x, train_y = fake_digits(n_train, seed)
     test_x, test_y = fake_digits(FAKE_TEST, seed + 1)
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
     paths = {}
@@ -80,7 +83,7 @@ def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The real MNIST root ($VAELAB_DATA). Fails loudly in CI (VAELAB_REQUIRE_MNIST=1) if missing."""
-    root = os.environ.get(vdata.ENV_DATA)
+    root = REAL_DATA
     raw = Path(root) / "MNIST" / "raw" if root else None
     if raw is None or not raw.is_dir():
         message = (f"real MNIST not found (set {vdata.ENV_DATA} to a root holding MNIST/raw/; "

@@ -1,23 +1,22 @@
 """Checkpoints: safetensors + JSON round trips, checksums, shape checks, training-state restore."""
 
-import json
 
 import pytest
 import torch
 
 from vaelab.checkpoint import (
-    CheckpointError,
-    load_config,
     load_model,
     load_tensors,
+    load_trained,
     load_training_state,
-    save_config,
     save_model,
     save_tensors,
     save_training_state,
 )
 from vaelab.config import RunConfig
-from vaelab.train import init_model, make_optimizer
+from vaelab.models import init_model
+from vaelab.runfiles import CheckpointError, save_config
+from vaelab.training import make_optimizer
 
 CONFIG = RunConfig(model="vae", objective="elbo", latent_dim=2, hidden=(16, 8))
 
@@ -48,7 +47,7 @@ def test_flipped_bit_and_truncation_are_detected(tmp_path):
 
 def test_model_round_trip_and_shape_mismatch_is_listed(tmp_path):
     model = init_model(CONFIG, torch.device("cpu"))
-    save_config(tmp_path, CONFIG, version="test")
+    save_config(tmp_path, CONFIG)
     save_model(tmp_path, model, {"epoch": 3})
     fresh = init_model(RunConfig(**{**CONFIG.to_dict(), "seed": 9}), torch.device("cpu"))
     assert load_model(tmp_path, fresh)["epoch"] == 3
@@ -57,32 +56,6 @@ def test_model_round_trip_and_shape_mismatch_is_listed(tmp_path):
     wrong = init_model(RunConfig(**{**CONFIG.to_dict(), "latent_dim": 3}), torch.device("cpu"))
     with pytest.raises(CheckpointError, match=r"to_stats.weight: file has \(4, 8\), config needs \(6, 8\)"):
         load_model(tmp_path, wrong)
-
-
-def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(CheckpointError, match="no such run directory"):
-        load_config(tmp_path / "missing")
-    with pytest.raises(CheckpointError, match="not a vaelab run directory"):
-        load_config(tmp_path)
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_config(tmp_path)
-    save_config(tmp_path, CONFIG, version="test")
-    raw = json.loads((tmp_path / "config.json").read_text())
-    raw["config"]["model"] = "transformer"
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="unknown model 'transformer'"):
-        load_config(tmp_path)
-    raw["format_version"] = 99
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="newer vaelab"):
-        load_config(tmp_path)
-    save_config(tmp_path, CONFIG, version="test")
-    raw = json.loads((tmp_path / "config.json").read_text())
-    raw.update(format_version=1, vaelab_version="0.1.0")  # binarized with another draw: refused
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match=r"older vaelab \(format 1, 0\.1\.0\).*train it again"):
-        load_config(tmp_path)
 
 
 def test_training_state_restores_weights_adam_and_rng(tmp_path):
@@ -106,3 +79,13 @@ def test_training_state_restores_weights_adam_and_rng(tmp_path):
         a, b = optimizer.state[p], optimizer2.state[p2]
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
         assert float(a["step"]) == float(b["step"]) == 1
+
+
+def test_load_trained_gives_the_best_weights_in_eval_mode(tmp_path):
+    model = init_model(CONFIG)
+    save_config(tmp_path, CONFIG)
+    save_model(tmp_path, model, {"kind": "model", "epoch": 3})
+    loaded, config, meta = load_trained(tmp_path, "cpu")
+    assert config == CONFIG and meta["epoch"] == 3 and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(),
+                                                  strict=True))

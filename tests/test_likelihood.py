@@ -14,12 +14,14 @@ from scipy import integrate
 
 from conftest import FAKE_TEST, FAKE_VALID
 from vaelab import likelihood as lk
+from vaelab.checkpoint import load_trained
 from vaelab.cli import main
 from vaelab.config import RunConfig
-from vaelab.evaluate import evaluate_run, load_run
+from vaelab.data import load_data
+from vaelab.evaluate import evaluate_run
 from vaelab.models import build_model
 from vaelab.objectives import bernoulli_nll, evaluate_objective
-from vaelab.train import load_data, train
+from vaelab.training import train
 
 
 def tiny_vae(latent_dim: int, n_pixels: int = 5, *, seed: int = 0, objective: str = "elbo", scale: float = 3.0):
@@ -215,7 +217,7 @@ def trained_runs(tmp_path_factory, request):
 @pytest.mark.parametrize("name", ["paper", "elbo"])
 def test_exact_below_iwae_below_neg_elbo_on_a_trained_model(trained_runs, name):
     root, runs = trained_runs
-    model, config, _ = load_run(runs[name], "cpu")
+    model, config, _ = load_trained(runs[name], "cpu")
     x = load_data(config, root).test  # (FAKE_TEST, 784)
     exact = lk.exact_nll(model, x).nll
     sampled = lk.importance_sampled(model, config.objective, x, k=2000, seed=0)
@@ -234,10 +236,10 @@ def test_exact_below_iwae_below_neg_elbo_on_a_trained_model(trained_runs, name):
 
 def test_measure_reports_na_for_the_autoencoder_and_refuses_exact_above_two(trained_runs):
     root, runs = trained_runs
-    model, config, _ = load_run(runs["autoencoder"], "cpu")
+    model, config, _ = load_trained(runs["autoencoder"], "cpu")
     result = lk.measure(model, config, load_data(config, root).test, nll="exact", k=5)
     assert result["applicable"] is False and "n/a" in result["why"]
-    model, config, _ = load_run(runs["elbo3"], "cpu")
+    model, config, _ = load_trained(runs["elbo3"], "cpu")
     with pytest.raises(ValueError, match="--nll iwae"):
         lk.measure(model, config, load_data(config, root).test, nll="exact", k=5)
     iwae_only = lk.measure(model, config, load_data(config, root).test, nll="iwae", k=5)
@@ -246,7 +248,7 @@ def test_measure_reports_na_for_the_autoencoder_and_refuses_exact_above_two(trai
 
 def test_evaluate_cli_prints_and_saves_the_likelihoods(trained_runs, capsys):
     root, runs = trained_runs
-    main(["evaluate", str(runs["paper"]), "--nll", "exact", "--k", "50", "--iwae-images", "40",
+    main(["evaluate", str(runs["paper"]), "--nll", "exact,iwae", "--k", "50", "--iwae-images", "40",
           "--data-dir", str(root), "--device", "cpu"])  # returns normally on success
     out = capsys.readouterr().out
     saved = json.loads((runs["paper"] / "evaluation.json").read_text())["likelihood"]
@@ -254,8 +256,41 @@ def test_evaluate_cli_prints_and_saves_the_likelihoods(trained_runs, capsys):
     assert f"{saved['exact']['nll']:.3f}" in out and f"{saved['iwae']['nll']:.3f}" in out
     assert "exp(σ)" in saved["q"]
     # the saved numbers are a deterministic function of the run: evaluating again gives the same
-    again = evaluate_run(runs["paper"], data_dir=root, device="cpu", nll="exact", k=50, iwae_images=40)
+    again = evaluate_run(runs["paper"], data_dir=root, device="cpu", nll="exact,iwae", k=50, iwae_images=40,
+                         log=lambda _: None)
     assert again["likelihood"] == saved
+
+
+def test_nll_exact_computes_what_was_asked_and_logs_each_step(trained_runs, capsys):
+    root, runs = trained_runs
+    main(["evaluate", str(runs["elbo"]), "--nll", "exact", "--data-dir", str(root), "--device", "cpu"])
+    captured = capsys.readouterr()
+    saved = json.loads((runs["elbo"] / "evaluation.json").read_text())["likelihood"]
+    assert "iwae" not in saved and "IWAE" not in captured.out  # IWAE only when asked for
+    # the cheap ELBO: ELBO_SAMPLES draws on every image, and the posterior gap on all of them
+    assert saved["elbo"]["images"] == FAKE_TEST and saved["elbo"]["samples"] == lk.ELBO_SAMPLES
+    assert saved["posterior_gap"]["images"] == FAKE_TEST and "iwae_minus_nll" not in saved["posterior_gap"]
+    assert f"{saved['exact']['nll']:.3f}" in captured.out
+    # stderr is not a terminal here: one line per finished step, with its wall time
+    steps = [line for line in captured.err.splitlines() if " images in " in line]
+    assert any(line.startswith("exact NLL") for line in steps) and any(line.startswith("ELBO") for line in steps)
+
+
+@pytest.mark.parametrize("flags", [["--k", "20"], ["--iwae-images", "5"], ["--nll", "exact", "--k", "20"]])
+def test_iwae_options_without_iwae_are_refused(trained_runs, capsys, flags):
+    root, runs = trained_runs
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(runs["elbo"]), *flags, "--data-dir", str(root), "--device", "cpu"])
+    assert stop.value.code == 2
+    assert "only apply to IWAE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["exact,", "exact,exact", "iwea", "", "exact iwae"])
+def test_nll_is_parsed_strictly(text):
+    with pytest.raises(ValueError, match="--nll takes"):
+        lk.parse_estimators(text)
+    assert lk.parse_estimators("iwae,exact") == ("exact", "iwae")
+
 
 
 def test_evaluate_cli_rejects_exact_for_latent_three(trained_runs, capsys):
@@ -270,7 +305,7 @@ def test_evaluate_cli_rejects_exact_for_latent_three(trained_runs, capsys):
 
 def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: float, iwae_gap: float,
                       elbo_gap: float, confidence: float, frechet: float):
-    from vaelab.report import RunRecord
+    from vaelab.table import RunRecord
 
     config = RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5)
     test = {"loss": nll + elbo_gap, "reconstruction": nll, "regularizer": 3.0, "squared_error": 30.0}
@@ -295,23 +330,23 @@ def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: f
 
 
 def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
-    from vaelab import report
+    from vaelab import discussion, report, table
 
     records = [likelihood_record(m, o, 2, s, nll=140.0 + s, iwae_gap=1.0, elbo_gap=5.0 + s, confidence=c,
                                  frechet=f)
                for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.6, 40.0),
                                                   ("vae", "paper", 0.9, 10.0), ("vae", "elbo", 0.95, 8.0))]
-    rows = report.results_rows(records)
+    rows = table.results_rows(records)
     ae = next(r for r in rows if r["model"] == "autoencoder")
     assert ae["cells"]["exact_nll"] is None and ae["cells"]["midpoint_confidence"]["mean"] == pytest.approx(0.6)
     vae = next(r for r in rows if r["objective"] == "elbo")
     assert vae["cells"]["exact_nll"]["values"] == [140.0, 141.0]
-    anchor = report.anchor_paragraph(rows, epochs=5, eval_seed=1234)
+    anchor = discussion.anchor_paragraph(rows, epochs=5, eval_seed=1234)
     assert "−135.73 ± 0.83" in anchor and "−132.50" in anchor and "VAE (ELBO) 140.50 ± 0.71" in anchor
-    text = " ".join(report.likelihood_paragraphs(rows))
+    text = " ".join(discussion.likelihood_paragraphs(rows))
     assert "holds in every run" in text
     assert "claim that the VAE's midpoints are digits and the autoencoder's are not is supported" in text
-    lines = " ".join(report.measurement_lines(report.measurement_summary(records)))
+    lines = " ".join(discussion.measurement_lines(discussion.measurement_summary(records)))
     assert "k = 1000 samples per image on the first 500 test images" in lines and "99.30%" in lines
     assert "latent 2: [−L, L]^2 with L = 6, scan step 1/16, fine step 1/64" in lines
 
@@ -320,7 +355,7 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
                          train_images=None, split_sizes=(50000, 10000, 10000), base=RunConfig(), machine="m",
                          runs_reused=0, runs_total=6, train_seconds_total=1.0, phase_seconds={}, wall_seconds=1.0,
                          figure_seed=0, interpolation_classes=(0, 1))
-    blocks = report.report_blocks(rows, setup, {}, report.measurement_summary(records))
+    blocks = report.report_blocks(rows, setup, {}, discussion.measurement_summary(records))
     kinds = [(b[0], b[1] if b[0] in ("h2", "p") else None) for b in blocks]
     heading = kinds.index(("h2", "Likelihoods and posterior diagnostics (VAEs)"))
     assert kinds[heading + 1][0] == "table" and kinds[heading + 3] == ("p", anchor)
@@ -330,7 +365,7 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
                                  confidence=c, frechet=f)
                for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.95, 8.0),
                                                   ("vae", "elbo", 0.6, 40.0))]
-    text = " ".join(report.likelihood_paragraphs(report.results_rows(flipped)))
+    text = " ".join(discussion.likelihood_paragraphs(table.results_rows(flipped)))
     assert "fails beyond 0.05 nats" in text and "is not supported" in text
 
 

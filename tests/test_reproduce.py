@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ import typer.main
 from conftest import FAKE_VALID
 from test_figures import png_stats
 from vaelab import cli
-from vaelab.checkpoint import read_metrics
 from vaelab.config import RunConfig
+from vaelab.data import load_data
 from vaelab.evaluate import evaluate_run
 from vaelab.figures import FIGURES
 from vaelab.reproduce import (
@@ -37,7 +38,8 @@ from vaelab.reproduce import (
     plan,
     reproduce,
 )
-from vaelab.train import load_data, train
+from vaelab.runfiles import read_metrics
+from vaelab.training import train
 
 # --- settings and plan ---------------------------------------------------------------------------
 
@@ -172,10 +174,16 @@ def quick(mnist_root, tmp_path_factory) -> dict:
     return {"out": out, "done": done, "root": mnist_root}
 
 
-def test_quick_writes_every_file_quietly(quick):
+def test_quick_writes_every_file_and_a_line_per_run(quick):
     done, out = quick["done"], quick["out"]
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""  # no progress bar when stderr is not a terminal
+    # stderr is not a terminal: no progress bar, but one line per finished run, for a redirected log
+    assert "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("run ")]
+    names = [s.name for s in plan(make_settings(quick=True))]
+    assert [line.split(":")[0] for line in lines] == [f"run {i + 1}/{len(names)} {n}" for i, n in enumerate(names)]
+    assert all(re.search(r": trained in [\d.]+ s, best valid loss [\d.]+$", line) for line in lines)
+    assert sum(line.startswith("evaluating ") for line in done.stderr.splitlines()) == len(names)
     assert "index.html" in done.stdout
     for name in ("results.md", "results.csv", "results.json", "index.md", "index.html"):
         assert (out / name).stat().st_size > 0, name

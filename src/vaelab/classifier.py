@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_tensors, load_weights, save_tensors, write_json
+from .checkpoint import load_tensors, load_weights, save_tensors
 from .config import RunConfig
 from .data import PixelData, Splits, cache_dir, load_splits
-from .evaluate import sample_images
-from .models import decode_to_pixels, encode_mean
+from .models import decode_to_pixels, encode_mean, sample_images
+from .runfiles import CheckpointError, write_json
 
 # Training recipe: 3 epochs on 50000 images reach 99.3% test accuracy on MNIST. A changed recipe retrains the cache.
 RECIPE = {"version": 1, "epochs": 3, "batch_size": 128, "lr": 3e-3, "seed": 0}
@@ -190,7 +190,7 @@ def realism(model: nn.Module, config: RunConfig, data: PixelData, classifier: Cl
     codes = (encode_mean(model, data.test[i.to(data.test.device)])
              + encode_mean(model, data.test[j.to(data.test.device)])) / 2  # (n, D)
     midpoints = decode_to_pixels(model, codes).cpu()
-    samples = sample_images(model, config, n, seed=seed).cpu()
+    samples = sample_images(model, n, seed=seed).cpu()
     real = torch.cat([splits.train_x, splits.valid_x])[-min(n, HOLDOUT):].float() / 255
     return {"classifier_test_accuracy": record["test_accuracy"], "feature_dim": FEATURES, "seed": seed,
             "midpoints": scores(classifier, midpoints, reference),

@@ -15,8 +15,6 @@ from typing import Annotated
 import click
 import typer
 
-from . import __version__
-from .checkpoint import CheckpointError
 from .config import (
     DEFAULT_EPOCHS,
     DEFAULT_OBJECTIVE,
@@ -33,7 +31,9 @@ from .config import (
     parse_hidden,
 )
 from .data import DataError
-from .train import NonFiniteLossError, TrainingInterrupted
+from .runfiles import CheckpointError
+from .training import NonFiniteLossError, TrainingInterrupted
+from .version import __version__
 
 # Help is plain click text (rich_markup_mode=None below), but typer < 0.20 escapes its "[default: ...]"
 # notes for rich whenever rich is installed, printing "\[default: auto]"; this tells it not to.
@@ -91,7 +91,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
 ) -> None:
     """Train a model; writes config, checkpoints and metrics.jsonl to the run directory."""
-    from . import train as training
+    from . import training
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
@@ -122,9 +122,11 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
-    nll: Annotated[str | None, typer.Option(help="exact (quadrature, latent <= 2) | iwae: add test-set "
-                                            "likelihoods, the ELBO split and the posterior gap")] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image (IWAE, ELBO)")] = 5000,
+    nll: Annotated[str | None, typer.Option(help="exact (quadrature, latent <= 2; seconds) | iwae (the "
+                                            "importance-weighted bound) | exact,iwae: add test-set likelihoods, "
+                                            "the ELBO split and the posterior gap")] = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, help="Importance samples per image for IWAE  "
+                                          f"[default: {IWAE_K}]")] = None,
     iwae_images: Annotated[int | None, typer.Option(min=1, help="IWAE on the first N test images  "
                                                     "[default: all]")] = None,
     classifier: Annotated[bool, typer.Option("--classifier", help="Add classifier scores of interpolation "
@@ -134,18 +136,21 @@ def evaluate(
 ) -> None:
     """Validation and test loss of the best checkpoint, per image in nats; saved to evaluation.json."""
     from .evaluate import evaluate_run
+    from .likelihood import parse_estimators
 
-    if nll not in (None, "exact", "iwae"):
-        raise UsageProblem(f"unknown --nll {nll!r}; choose exact or iwae")
-    result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=nll, k=k, iwae_images=iwae_images,
-                          classifier=classifier)
+    estimators = parse_estimators(nll) if nll is not None else ()
+    if "iwae" not in estimators and (k is not None or iwae_images is not None):
+        given = " and ".join(f for f, v in (("--k", k), ("--iwae-images", iwae_images)) if v is not None)
+        raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")
+    result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=estimators or None,
+                          k=k if k is not None else IWAE_K, iwae_images=iwae_images, classifier=classifier)
     typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image:")
     typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}")
     for split in ("valid", "test"):
         r = result[split]
         typer.echo(f"  {split:6} {r['loss']:10.3f} {r['reconstruction']:10.3f} {r['regularizer']:10.3f} "
                    f"{r['squared_error']:10.3f}")
-    if nll is not None:
+    if estimators:
         from .likelihood import summary_lines
 
         for line in summary_lines(result["likelihood"]):
@@ -166,11 +171,12 @@ def sample(
     device: Device = "auto",
 ) -> None:
     """Decode codes drawn from the prior N(0, I) and save them as a PNG grid."""
-    from .evaluate import load_run, sample_images
+    from .checkpoint import load_trained
     from .figures import image_grid
+    from .models import sample_images
 
-    model, config, _ = load_run(run_dir, device)
-    image_grid(sample_images(model, config, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
+    model, _, _ = load_trained(run_dir, device)
+    image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
     typer.echo(f"wrote {n} samples to {output}")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import RunConfig
+
 ENV_DATA = "VAELAB_DATA"  # environment variable: a data root to search after --data-dir
 ENV_CACHE = "VAELAB_CACHE"  # environment variable: overrides the cache directory
 
@@ -40,6 +42,7 @@ class DatasetSpec:
     folder: str  # ROOT/<folder>/raw/ holds the files (torchvision's layout)
     files: dict[str, IdxFile]  # role ("train_images", ...) -> file
     mirrors: tuple[str, ...]  # base URLs tried in order
+    image_shape: tuple[int, ...] = (28, 28)  # (H, W) of one image; the IDX files hold them flattened
 
 
 def _files(md5: dict[str, str | None], gz_md5: dict[str, str]) -> dict[str, IdxFile]:
@@ -338,3 +341,39 @@ def pixel_data(splits: Splits, *, binarize: str = "dynamic", eval_seed: int = 12
         g = torch.Generator().manual_seed(eval_seed)
         valid, test = bernoulli_draw(valid, g), bernoulli_draw(test, g)
     return PixelData(train, valid, test, binarize, splits)
+
+
+def load_data(config: RunConfig, data_dir: str | Path | None = None) -> PixelData:
+    """The run's data as the trainer and the evaluation see it (split, scaled, binarized per `config`)."""
+    splits = load_splits(config.dataset, data_dir, valid_size=config.valid_size)
+    return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def load_images(dataset: str = "mnist", split: str = "test", *, binarize: str = "dynamic",
+                data_dir: str | Path | None = None, valid_size: int = 10000,
+                eval_seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 28, 28) float32 in [0, 1], labels (N,) int64) of one split, as runs see them.
+
+    "valid" and "test" are exactly the images every run is validated and tested on (binarized once
+    with `eval_seed` when `binarize` is "dynamic"; grayscale for "none"). "train" under "dynamic" is
+    one Bernoulli draw seeded with `eval_seed`; training itself draws afresh for every batch.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    splits = load_splits(dataset, data_dir, valid_size=valid_size)
+    data = pixel_data(splits, binarize=binarize, eval_seed=eval_seed)
+    x = getattr(data, split)
+    if split == "train" and binarize == "dynamic":
+        x = bernoulli_draw(x, torch.Generator().manual_seed(eval_seed))
+    labels = getattr(splits, f"{split}_y")
+    return x.reshape(len(x), *image_shape(dataset)), labels
+
+
+def image_shape(dataset: str) -> tuple[int, ...]:
+    """(H, W) of one image of `dataset`."""
+    if dataset not in SPECS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
+    return SPECS[dataset].image_shape

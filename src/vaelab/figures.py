@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
 from .config import RunConfig
+from .runfiles import atomic_write
 
 # The report's figures, in reading order: name -> what it shows (the file is figures/<name>.png).
 FIGURES = {
@@ -30,6 +30,13 @@ FIGURES = {
     "manifold": "the learned manifold: decodes at Gaussian quantiles",
     "interpolation": "decodes along the line between the codes of two test digits",
 }
+
+
+def figure_number(name: str) -> int:
+    """The report numbers its figures in the order of `FIGURES`."""
+    return list(FIGURES).index(name) + 1
+
+
 DIGIT_COLORS = "tab10"  # one colour per digit class in the latent-space figure
 
 

@@ -9,6 +9,7 @@ Only the VAE defines p(x) = ∫ p(x|z) p(z) dz; PCA and the autoencoder have no 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 
 from .config import RunConfig
 from .models import VAE
+from .objectives import gaussian_kl, posterior
+from .progress import step, to_stderr
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Var_x E_q[z_u|x] > 0.01
@@ -34,20 +37,6 @@ RESOLVED = TOLERANCE / 2
 def has_likelihood(config: RunConfig) -> bool:
     """Only the VAE is a latent-variable model with a prior; PCA and the autoencoder are not."""
     return config.model == "vae"
-
-
-def posterior(model: VAE, objective: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The objective's own q(z|x) = N(m, exp(logvar)) for images x (N, P): returns m, logvar (N, D).
-
-    `paper` draws c = exp(σ)·e + m (eq. 2), so exp(σ) is the standard deviation: logvar = 2σ.
-    `elbo` reads the second encoder output as the log variance itself.
-    """
-    m, second = model.encode(x)  # (N, D) each
-    if objective == "paper":
-        return m, 2 * second
-    if objective == "elbo":
-        return m, second
-    raise ValueError(f"objective {objective!r} defines no posterior q(z|x)")
 
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
@@ -302,13 +291,15 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
 
 @torch.no_grad()
 def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, seed: int,
-                       sample_batch: int = 32768) -> dict[str, torch.Tensor]:
+                       sample_batch: int = 32768,
+                       advance: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """IWAE_k and the ELBO terms from k draws z_i ~ q(z|x) per image x (N, P); each (N,) float64 nats.
 
     iwae = −log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2016), an upper bound on −log p(x)
     that tightens as k grows; reconstruction = −(1/k) Σ_i log p(x|z_i); kl = KL(q ‖ N(0, I)) in closed
     form; neg_elbo = reconstruction + kl. The draws come from a generator seeded with `seed`, in a
     fixed order, so the result is a deterministic function of weights, data, k and seed.
+    `advance(n)` is called after each chunk of n images (progress).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -336,8 +327,9 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
             log_lik_sum += log_lik.double().sum(0)
         out["iwae"][lo:lo + len(xb)] = math.log(k) - log_w
         out["reconstruction"][lo:lo + len(xb)] = -log_lik_sum / k
-        kl = 0.5 * (logvar.exp() + m.square() - 1 - logvar).sum(-1)  # KL(N(m, e^logvar) ‖ N(0, I))
-        out["kl"][lo:lo + len(xb)] = kl.double()
+        out["kl"][lo:lo + len(xb)] = gaussian_kl(m, logvar).double()
+        if advance is not None:
+            advance(len(xb))
     out["neg_elbo"] = out["reconstruction"] + out["kl"]
     return out
 
@@ -362,40 +354,68 @@ def q_description(objective: str) -> str:
             "elbo": "N(m, exp(logvar))"}[objective]
 
 
-def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str = "exact", k: int = 5000,
-            iwae_images: int | None = None, seed: int | None = None) -> dict:
-    """All likelihood numbers for one model on test images x (N, P): a JSON-able dict, nats per image.
+ESTIMATORS = ("exact", "iwae")
+# The ELBO split when IWAE is not asked for: this many draws per image on every image (cheap: seconds).
+ELBO_SAMPLES = 10
 
-    `nll="exact"`: quadrature NLL on all N images (latent <= 2 only), plus IWAE_k and the ELBO split on
-    the first `iwae_images` of them (default all), and the posterior gap −ELBO − NLL on those.
-    `nll="iwae"`: IWAE_k and the ELBO split only (any latent dimension). `seed` defaults to the run's
-    eval seed. For PCA and the autoencoder the answer is {"applicable": False, ...}.
+
+def parse_estimators(nll: str | Sequence[str]) -> tuple[str, ...]:
+    """'exact', 'iwae', 'exact,iwae' (or a sequence of those) -> a tuple in ESTIMATORS order; strict."""
+    parts = nll.split(",") if isinstance(nll, str) else list(nll)
+    unknown = [p for p in parts if p not in ESTIMATORS]
+    if not parts or unknown or len(set(parts)) != len(parts):
+        given = nll if isinstance(nll, str) else ",".join(map(str, nll))
+        raise ValueError(f"--nll takes exact, iwae or exact,iwae; got {given!r}")
+    return tuple(e for e in ESTIMATORS if e in parts)
+
+
+def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | Sequence[str] = "exact",
+            k: int = 1000, iwae_images: int | None = None, seed: int | None = None,
+            elbo_samples: int = ELBO_SAMPLES, log: Callable[[str], None] = to_stderr,
+            bar: bool | None = None) -> dict:
+    """The likelihood numbers asked for, for one model on test images x (N, P): a JSON-able dict, nats per image.
+
+    `nll` names the estimators: "exact" (quadrature on all N images; latent <= 2), "iwae" (IWAE_k on the
+    first `iwae_images`, default all; any latent dimension), or both. The ELBO split (reconstruction +
+    KL) comes from IWAE's own k draws on its images when IWAE runs, else from `elbo_samples` draws on all
+    N images; with the exact NLL, the posterior gap −ELBO − NLL (and IWAE − NLL) on those images.
+    Active units are always given. `seed` defaults to the run's eval seed. Each step logs its wall
+    time (`log`); a long one says how long it will take (`progress.step`). For PCA and the
+    autoencoder the answer is {"applicable": False, ...}.
     """
-    if nll not in ("exact", "iwae"):
-        raise ValueError(f"unknown --nll {nll!r}; choose exact or iwae")
+    estimators = parse_estimators(nll)
     if not has_likelihood(config):
         return {"applicable": False, "why": f"n/a: the {config.model} defines no p(x) (no prior, no noise)"}
-    if nll == "exact" and config.latent_dim > 2:
+    if "exact" in estimators and config.latent_dim > 2:
         raise ValueError(f"--nll exact needs latent dimension 1 or 2 (this run has {config.latent_dim}); "
                          "use --nll iwae")
     seed = config.eval_seed if seed is None else seed
-    n_iw = len(x) if iwae_images is None else min(iwae_images, len(x))
     pixels = ("binary (Bernoulli likelihood)" if config.binarize == "dynamic"
               else "grayscale: Bernoulli cross-entropy, not a normalised likelihood")
     result: dict = {"applicable": True, "pixels": pixels, "q": q_description(config.objective),
                     "test_images": len(x)}
-    sampled = importance_sampled(model, config.objective, x[:n_iw], k=k, seed=seed)
-    result["iwae"] = {"k": k, "images": n_iw, "nll": float(sampled["iwae"].mean()), "seed": seed}
-    result["elbo"] = {"images": n_iw, "samples": k, **{name: float(sampled[name].mean())
-                                                       for name in ("neg_elbo", "reconstruction", "kl")}}
-    if nll == "exact":
-        exact = exact_nll(model, x)
+    if "iwae" in estimators:
+        n_el, draws = len(x) if iwae_images is None else min(iwae_images, len(x)), k
+        name = f"IWAE_{k}"
+    else:
+        n_el, draws, name = len(x), elbo_samples, f"ELBO ({elbo_samples} draws per image)"
+    with step(name, n_el, log=log, bar=bar) as advance:
+        sampled = importance_sampled(model, config.objective, x[:n_el], k=draws, seed=seed, advance=advance)
+    if "iwae" in estimators:
+        result["iwae"] = {"k": k, "images": n_el, "nll": float(sampled["iwae"].mean()), "seed": seed}
+    result["elbo"] = {"images": n_el, "samples": draws, "seed": seed,
+                      **{key: float(sampled[key].mean()) for key in ("neg_elbo", "reconstruction", "kl")}}
+    if "exact" in estimators:
+        with step("exact NLL (quadrature)", len(x), log=log, bar=False) as advance:
+            exact = exact_nll(model, x)
+            advance(len(x))
         result["exact"] = {"images": len(x), "nll": float(exact.nll.mean()), "grid": exact.grid}
-        on_subset = exact.nll[:n_iw]
-        result["posterior_gap"] = {"images": n_iw,
-                                   "neg_elbo_minus_nll": float((sampled["neg_elbo"] - on_subset).mean()),
-                                   "iwae_minus_nll": float((sampled["iwae"] - on_subset).mean()),
-                                   "exact_nll_on_these_images": float(on_subset.mean())}
+        on_subset = exact.nll[:n_el]
+        gap = {"images": n_el, "neg_elbo_minus_nll": float((sampled["neg_elbo"] - on_subset).mean())}
+        if "iwae" in estimators:
+            gap["iwae_minus_nll"] = float((sampled["iwae"] - on_subset).mean())
+        gap["exact_nll_on_these_images"] = float(on_subset.mean())
+        result["posterior_gap"] = gap
     result["active_units"] = active_units(model, x)
     return result
 
@@ -404,7 +424,7 @@ def summary_lines(result: dict) -> list[str]:
     """Human-readable lines for a `measure` result (what `vaelab evaluate --nll` prints)."""
     if not result["applicable"]:
         return [f"likelihood: {result['why']}"]
-    iw, el = result["iwae"], result["elbo"]
+    el = result["elbo"]
     lines = [f"q(z|x) = {result['q']}"]
     if "exact" in result:
         ex = result["exact"]
@@ -415,14 +435,17 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"exact NLL      {ex['nll']:10.3f} nats/image on {ex['images']} test images (quadrature on "
                      f"[-{g['limit']:g}, {g['limit']:g}]^D: scan step {g['scan_step']:g}, {fine}; {state} to "
                      f"{g['tolerance']:g} nats/image)")
-    lines.append(f"IWAE_{iw['k']:<9} {iw['nll']:10.3f} nats/image on {iw['images']} test images")
+    if "iwae" in result:
+        iw = result["iwae"]
+        lines.append(f"IWAE_{iw['k']:<9} {iw['nll']:10.3f} nats/image on {iw['images']} test images")
     lines.append(f"-ELBO          {el['neg_elbo']:10.3f} = reconstruction {el['reconstruction']:.3f} "
-                 f"+ KL {el['kl']:.3f} ({el['samples']} samples/image)")
+                 f"+ KL {el['kl']:.3f} ({el['samples']} samples/image on {el['images']} test images)")
     if "posterior_gap" in result:
         gap = result["posterior_gap"]
+        iwae_gap = f"; IWAE - NLL {gap['iwae_minus_nll']:.3f}" if "iwae_minus_nll" in gap else ""
         lines.append(f"posterior gap  {gap['neg_elbo_minus_nll']:10.3f} nats/image = -ELBO - NLL "
-                     f"= KL(q(z|x) || p(z|x)); IWAE - NLL {gap['iwae_minus_nll']:.3f} (on those "
-                     f"{gap['images']} images, whose exact NLL is {gap['exact_nll_on_these_images']:.3f})")
+                     f"= KL(q(z|x) || p(z|x)){iwae_gap} (on those {gap['images']} images, whose exact NLL "
+                     f"is {gap['exact_nll_on_these_images']:.3f})")
     au = result["active_units"]
     lines.append(f"active units   {au['count']} of {len(au['variances'])} "
                  f"(Var_x E[z|x] > {au['threshold']:g}: {', '.join(f'{v:.3g}' for v in au['variances'])})")

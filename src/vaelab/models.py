@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .linear import Linear
 
 
@@ -28,6 +28,7 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: tuple[int, ...], n_pixels: int):
         super().__init__()
+        self.latent_dim = latent_dim
         self.to_hidden = nn.Sequential(mlp([latent_dim, *reversed(hidden)]), nn.ReLU())
         self.to_logits = Linear(hidden[0], n_pixels)
 
@@ -129,6 +130,26 @@ def build_model(config: RunConfig) -> nn.Module:
     return cls(n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden)
 
 
+def init_model(config: RunConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """The model for `config` with weights drawn from `config.seed`, leaving torch's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            torch.manual_seed(config.seed)
+        except ValueError:
+            raise ConfigError(f"seed {config.seed} is out of range: torch takes -2**63 to 2**64 - 1") from None
+        try:
+            model = build_model(config)
+        except (RuntimeError, TypeError, MemoryError) as e:  # sizes beyond memory or beyond int64
+            raise ConfigError(f"cannot build a {config.model} with hidden sizes {list(config.hidden)} and latent "
+                              f"dim {config.latent_dim}: too large ({str(e).splitlines()[0]})") from None
+    return model.to(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights (or PCA's buffers) live."""
+    return next(iter(model.state_dict().values())).device
+
+
 def decode_to_pixels(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Mean image of code z, (N, P) in pixel space: sigmoid of logits, or PCA's linear decode."""
     out = model.decode(z)
@@ -139,3 +160,30 @@ def encode_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The deterministic code of x, (N, D): m for a VAE, the code for the others."""
     z = model.encode(x)
     return z[0] if isinstance(z, tuple) else z
+
+
+@torch.no_grad()
+def sample_images(model: nn.Module, n: int, *, seed: int = 0) -> torch.Tensor:
+    """n images (n, P) in [0, 1]: decodes of codes drawn from N(0, I) (for PCA: N(0, diag(variances))).
+
+    The codes come from a generator seeded with `seed` on the model's device."""
+    device = model_device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    latent_dim = model.components.shape[0] if isinstance(model, PCA) else model.decoder.latent_dim
+    z = torch.randn(n, latent_dim, generator=generator, device=device)
+    if isinstance(model, PCA):
+        z = z * model.variances.sqrt()
+    return decode_to_pixels(model, z)
+
+
+def quantile_grid(n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes at the Gaussian quantiles of an even grid in (0, 1), n per axis (Kingma & Welling's
+    manifold figure): returns (codes, quantiles (n,)); codes are (n, 1) for dim 1 and (n·n, 2) for
+    dim 2, row-major with the top row at the highest c2 (the picture's layout)."""
+    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
+    if dim == 1:
+        return quantiles[:, None], quantiles
+    if dim == 2:
+        zy, zx = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")
+        return torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1), quantiles
+    raise ValueError(f"a quantile grid is drawn for latent dimension 1 or 2, not {dim}")

@@ -39,6 +39,23 @@ def gaussian_kl(m: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logvar.exp() + m.square() - 1 - logvar).sum(-1)
 
 
+# What the encoder's second output σ means under each objective, as the log variance of q(z|x):
+# `paper` draws c = exp(σ)·e + m (eq. 2), so exp(σ) is the standard deviation and log variance = 2σ;
+# `elbo` reads σ as the log variance itself. The autoencoder and PCA define no q.
+LOG_VARIANCE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "paper": lambda sigma: 2 * sigma,
+    "elbo": lambda logvar: logvar,
+}
+
+
+def posterior(model: nn.Module, objective: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective's own q(z|x) = N(m, exp(logvar)) for images x (N, P): returns m, logvar, (N, D) each."""
+    if objective not in LOG_VARIANCE:
+        raise ValueError(f"objective {objective!r} defines no posterior q(z|x); only {', '.join(LOG_VARIANCE)} do")
+    m, second = model.encode(x)  # (N, D) each
+    return m, LOG_VARIANCE[objective](second)
+
+
 def squared_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Σ_pixels (x̂ − x)², (N, P), (N, P) -> (N,): the metric shared by every model, PCA included."""
     return (x_hat - x).square().sum(-1)

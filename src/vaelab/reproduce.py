@@ -2,7 +2,7 @@
 
 PCA → autoencoder → VAE (the paper's eq. 2-3 and the standard ELBO) for latent dimension 1 and 2,
 several seeds, one architecture, optimizer, data split and pixel model for all. Every run is an
-ordinary run directory under OUT/runs/ made by `vaelab.train`: a finished run is reused, an
+ordinary run directory under OUT/runs/ made by `vaelab.training.train`: a finished run is reused, an
 unfinished one resumed, so an interrupted reproduce continues where it stopped.
 """
 
@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,17 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__
 from . import figures as figs
-from .checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TIMING_FILE,
-    checkpoint_paths,
-    load_config,
-    read_metrics,
-    write_json,
-)
+from .checkpoint import checkpoint_paths, load_trained
 from .config import (
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
@@ -50,11 +42,16 @@ from .config import (
     REALISM_IMAGES,
     RunConfig,
 )
-from .data import PixelData
-from .evaluate import evaluate_run, load_run, sample_images
-from .models import decode_to_pixels, encode_mean
-from .report import MODEL_LABELS, Setup, load_record, write_report
-from .train import NonFiniteLossError, TrainingInterrupted, load_data, resolve_device, resume, train
+from .data import PixelData, load_data
+from .device import resolve_device
+from .evaluate import evaluate_run
+from .models import decode_to_pixels, encode_mean, quantile_grid, sample_images
+from .progress import to_stderr
+from .report import Setup, write_report
+from .runfiles import CONFIG_FILE, MODEL_FILE, TIMING_FILE, load_config, read_metrics, write_json
+from .table import MODEL_LABELS, load_record
+from .training import NonFiniteLossError, TrainingInterrupted, resume, train
+from .version import __version__
 
 # The paper's sequence of models, each with the objective it trains on.
 EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
@@ -213,7 +210,7 @@ def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = F
 
 
 def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto", settings: Settings | None = None,
-                       data_dir: str | Path | None = None, log=None) -> dict:
+                       data_dir: str | Path | None = None, log: Callable[[str], None] = to_stderr) -> dict:
     """The evaluation that the table's columns read (the run's evaluation.json).
 
     A column that needs more than the objective's terms (say an exact likelihood) turns the matching
@@ -223,16 +220,17 @@ def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto", 
     messages).
     """
     s = settings or make_settings()
-    nll = "exact" if load_config(run_dir).latent_dim <= 2 else "iwae"
+    nll = "exact,iwae" if load_config(run_dir).latent_dim <= 2 else "iwae"
     return evaluate_run(run_dir, data=data, device=device, nll=nll, k=s.iwae_k, nll_images=s.nll_images,
                         iwae_images=s.iwae_images, classifier=True, classifier_images=s.realism_images,
-                        data_dir=data_dir, log=log)
+                        data_dir=data_dir, bar=False, log=log)
 
 
 class Progress:
     """One display for the whole reproduce: which run, which epoch, time left (by tqdm's rate).
 
-    Counts epochs (a PCA fit counts as one); silent when stderr is not a terminal.
+    Counts epochs (a PCA fit counts as one). When stderr is not a terminal there is no bar; instead
+    `finished` and `note` write one line each (a redirected log still shows progress).
     """
 
     EPOCH_LINE = re.compile(r"^(epoch (\d+)/(\d+))|^(PCA fit)")
@@ -258,6 +256,20 @@ class Progress:
     def phase(self, text: str) -> None:
         self.bar.set_description_str(text)
         self.bar.set_postfix_str("")
+
+    def note(self, text: str) -> None:
+        """A line of its own without a bar; the bar's description with one."""
+        if self.bar.disable:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.phase(text)
+
+    def finished(self, index: int, name: str, what: str, seconds: float, best_valid_loss: float | None) -> None:
+        """The line for a finished run: name, what happened, seconds, best validation loss."""
+        if self.bar.disable:
+            loss = "" if best_valid_loss is None else f", best valid loss {best_valid_loss:.3f}"
+            print(f"run {index + 1}/{self.n_runs} {name}: {what} in {seconds:.1f} s{loss}", file=sys.stderr,
+                  flush=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -285,7 +297,7 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     seed, dims = settings.seeds[0], settings.latent_dims
-    models = {(m, o, d): load_run(path, device)[:2] for (m, o, d, s), path in runs.items() if s == seed}
+    models = {(m, o, d): load_trained(path, device)[:2] for (m, o, d, s), path in runs.items() if s == seed}
     paths = {name: fig_dir / f"{name}.png" for name in figs.FIGURES}
     label = {key: f"{MODEL_LABELS[key[:2]]}, z={key[2]}" for key in models}
 
@@ -303,7 +315,7 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
             for d in dims for mo in EXPERIMENT]
     figs.reconstructions(test_x[first], rows, paths["reconstructions"])
 
-    panels = [[(label[(*mo, d)], sample_images(*models[(*mo, d)], 36, seed=0).cpu()) for mo in EXPERIMENT]
+    panels = [[(label[(*mo, d)], sample_images(models[(*mo, d)][0], 36, seed=0).cpu()) for mo in EXPERIMENT]
               for d in dims]
     figs.samples(panels, paths["samples"])
 
@@ -318,10 +330,9 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
         "inside": float((codes[(*mo, stats_dim)].abs() < 1.96).all(1).double().mean()),
     } for mo in EXPERIMENT}
 
-    k = 15  # grid side: codes at Gaussian quantiles of an even grid in (0, 1), as in Kingma & Welling
-    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / k, 1 - 0.5 / k, k))
-    zy, zx = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # top row: the highest c2
-    grid_codes = {1: quantiles[:, None], 2: torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)}
+    k = 15  # grid side
+    grid_codes = {d: quantile_grid(k, d)[0] for d in (1, 2)}
+    quantiles = quantile_grid(k, 1)[1]
     manifold_panels = [(MODEL_LABELS[mo], {d: _run(models[(*mo, d)][0], lambda m: partial(decode_to_pixels, m),
                                                    grid_codes[d]) for d in dims if d in grid_codes})
                        for mo in EXPERIMENT if mo[0] == "vae"]  # only the VAEs have a prior to take quantiles of
@@ -378,6 +389,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         t0 = time.perf_counter()
         for i, spec in enumerate(specs):
             bar.start(i, spec.name)
+            run_started = time.perf_counter()
             try:
                 what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
                                              log=bar.log)
@@ -386,12 +398,15 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
                                           f"every run, give the same command again: {settings.command(out)}") from None
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {runs_dir / spec.name}: {e}") from None
+            bar.finished(i, spec.name, what[spec.name], time.perf_counter() - run_started,
+                         _best_valid_loss(runs_dir / spec.name))
         train_seconds = time.perf_counter() - t0
         bar.phase("evaluating")
         t0 = time.perf_counter()
         for spec in specs:
+            bar.note(f"evaluating {spec.name}")
             evaluate_for_table(runs_dir / spec.name, data=data, device=device, settings=settings,
-                               data_dir=data_dir, log=bar.phase)
+                               data_dir=data_dir, log=bar.note)
         eval_seconds = time.perf_counter() - t0
         bar.phase("figures")
         t0 = time.perf_counter()
@@ -427,6 +442,11 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
     finally:
         bar.close()
     return index
+
+
+def _best_valid_loss(run_dir: Path) -> float | None:
+    history = read_metrics(run_dir)
+    return min((h["valid_loss"] for h in history), default=None)
 
 
 def _training_seconds(run_dir: Path) -> float:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from conftest import fake_digits, idx_bytes
 from vaelab import data as vdata
-from vaelab.checkpoint import checkpoint_paths, load_tensors, read_json
+from vaelab.checkpoint import checkpoint_paths, load_tensors
+from vaelab.runfiles import read_json
 
 HERE = Path(__file__).resolve().parent
 FAKECLI = HERE / "fakecli.py"

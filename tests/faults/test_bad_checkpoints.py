@@ -12,7 +12,7 @@ import torch
 from conftest import FAKE_VALID
 from vaelab.checkpoint import checkpoint_paths, load_tensors, save_tensors
 from vaelab.config import RunConfig
-from vaelab.train import train
+from vaelab.training import train
 
 from .faultkit import assert_one_clear_line, assert_same_run, run_cli
 

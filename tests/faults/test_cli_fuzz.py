@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from vaelab import data as vdata
 from vaelab import evaluate as vevaluate
-from vaelab import train as vtrain
+from vaelab import training as vtrain
 
 from .faultkit import SMALL_ARGS, child_env, run_cli
 
@@ -97,7 +97,7 @@ def world(trusted_cli_mnist, tmp_path, monkeypatch):
     loading memoized (the same files are loaded for most examples)."""
     monkeypatch.setenv(vdata.ENV_DATA, str(trusted_cli_mnist))
     monkeypatch.setattr(vdata.urllib.request, "urlopen", refuse_downloads)
-    memoized = functools.lru_cache(maxsize=8)(vtrain.load_data)
+    memoized = functools.lru_cache(maxsize=8)(vdata.load_data)
     monkeypatch.setattr(vtrain, "load_data", memoized)
     monkeypatch.setattr(vevaluate, "load_data", memoized)
     code, _, err = run_cli(["train", *SMALL_ARGS, "--epochs", "1", "--hidden", "8", "--out", tmp_path / "run"])

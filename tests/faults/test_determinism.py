@@ -3,7 +3,7 @@
 from conftest import FAKE_VALID
 from vaelab.checkpoint import load_tensors
 from vaelab.config import RunConfig
-from vaelab.train import train
+from vaelab.training import train
 
 from .faultkit import assert_same_run
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vaelab.checkpoint import checkpoint_paths, load_tensors, read_metrics
+from vaelab.checkpoint import checkpoint_paths, load_tensors
+from vaelab.runfiles import read_metrics
 
 from .faultkit import SMALL_ARGS, assert_one_clear_line, assert_same_run, run_cli, temp_files
 

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from conftest import FAKE_VALID
-from vaelab.checkpoint import SLOW_WRITE_ENV, checkpoint_paths, load_tensors
+from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.config import RunConfig
 from vaelab.objectives import OBJECTIVES
-from vaelab.train import TrainingInterrupted, resume, train
+from vaelab.runfiles import SLOW_WRITE_ENV
+from vaelab.training import TrainingInterrupted, resume, train
 
 from .faultkit import (
     RUN_ARGS,

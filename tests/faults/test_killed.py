@@ -7,7 +7,8 @@ import os
 import random
 import time
 
-from vaelab.checkpoint import LOCK_FILE, SLOW_WRITE_ENV, checkpoint_paths, run_lock
+from vaelab.checkpoint import checkpoint_paths
+from vaelab.runfiles import LOCK_FILE, SLOW_WRITE_ENV, run_lock
 
 from .faultkit import (
     RUN_ARGS,

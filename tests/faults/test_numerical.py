@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import FAKE_VALID
-from vaelab.checkpoint import checkpoint_paths, load_tensors, read_metrics
+from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.config import RunConfig
-from vaelab.data import DataError
+from vaelab.data import DataError, load_data
 from vaelab.objectives import OBJECTIVES, paper_objective, paper_penalty
-from vaelab.train import load_data, resume, train
+from vaelab.runfiles import read_metrics
+from vaelab.training import resume, train
 
 from .faultkit import SMALL_ARGS, assert_one_clear_line, assert_same_run, run_cli
 

@@ -28,28 +28,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import (
+from .checkpoint import checkpoint_paths, load_tensors, load_training_state, save_model, save_training_state
+from .config import RunConfig
+from .data import PixelData, load_data
+from .device import resolve_device
+from .models import PCA, init_model
+from .objectives import OBJECTIVES, evaluate_objective
+from .runfiles import (
     CONFIG_FILE,
     MODEL_FILE,
     CheckpointError,
     append_timing,
-    checkpoint_paths,
     load_config,
-    load_tensors,
-    load_training_state,
     read_metrics,
     remove_stale_temp_files,
     run_lock,
     save_config,
-    save_model,
-    save_training_state,
     write_metrics,
 )
-from .config import ConfigError, RunConfig
-from .data import PixelData, load_splits, pixel_data
-from .models import PCA, build_model
-from .objectives import OBJECTIVES, evaluate_objective
 
 TERMS = ("loss", "reconstruction", "regularizer")  # per-example terms summed into the train_* metrics
 
@@ -96,22 +92,15 @@ def _stop_on_sigint() -> Iterator[_StopRequest]:
 
 @dataclass
 class TrainResult:
+    """What `train` / `resume` return: the run directory, epochs done (the run's total so far), the best
+    validation epoch (None for a run with no epoch) and its loss (nats per image, the run's own
+    objective), and the history: metrics.jsonl as a list of dicts, one per epoch."""
+
     run_dir: Path
     epochs_done: int
     best_epoch: int | None
     best_valid_loss: float
     history: list[dict]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -122,26 +111,6 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def init_model(config: RunConfig, device: torch.device) -> nn.Module:
-    """The model for `config` with weights drawn from `config.seed`, leaving torch's global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        try:
-            torch.manual_seed(config.seed)
-        except ValueError:
-            raise ConfigError(f"seed {config.seed} is out of range: torch takes -2**63 to 2**64 - 1") from None
-        try:
-            model = build_model(config)
-        except (RuntimeError, TypeError, MemoryError) as e:  # sizes beyond memory or beyond int64
-            raise ConfigError(f"cannot build a {config.model} with hidden sizes {list(config.hidden)} and latent "
-                              f"dim {config.latent_dim}: too large ({str(e).splitlines()[0]})") from None
-    return model.to(device)
-
-
-def load_data(config: RunConfig, data_dir: str | Path | None = None) -> PixelData:
-    splits = load_splits(config.dataset, data_dir, valid_size=config.valid_size)
-    return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -150,8 +119,13 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
           device: str = "auto", progress: bool | None = None, log: Callable[[str], None] = _log) -> TrainResult:
     """Start a new run in directory `out` (which must not already hold a run) and train it.
 
-    `data` may be passed in to share one in-memory copy between runs; otherwise it is loaded
-    (before anything is written, so a data error leaves no half-made run directory).
+    `config`: a RunConfig (model, objective, latent size, epochs, ...). `data_dir`: where the dataset
+    is looked up first. `device`: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    `progress`: a tqdm bar per epoch (None: when stderr is a terminal); `log` gets one line per epoch.
+    Writes config.json, checkpoints, model.safetensors (best validation epoch) and metrics.jsonl
+    (losses in nats per image) to `out`. `data` may be passed in to share one in-memory copy between
+    runs; otherwise it is loaded (before anything is written, so a data error leaves no half-made run
+    directory).
     """
     out = Path(out)
     taken = f"{out} already holds a run; resume it with --resume {out} or choose another --out"
@@ -170,14 +144,15 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     with run_lock(out):  # also the first write: an unwritable directory fails here, before training
         if (out / CONFIG_FILE).exists():  # another process started a run here while we loaded data
             raise CheckpointError(taken)
-        save_config(out, config, version=__version__)
+        save_config(out, config)
         return _fit(config, out, data=data, device=dev, resume=False, progress=progress, log=log)
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | None = None,
            data_dir: str | Path | None = None, device: str = "auto", progress: bool | None = None,
            log: Callable[[str], None] = _log) -> TrainResult:
-    """Continue the run in `run_dir` up to `epochs` total (default: its configured total).
+    """Continue the run in `run_dir` up to `epochs` total (default: its configured total), exactly as
+    if it had never stopped (same numbers bit for bit). Options as for `train`.
 
     Resuming a finished run is a no-op that returns its result.
     """
@@ -211,7 +186,7 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
         else:
             state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
         if config != load_config(run_dir):  # a new --epochs total; a failed resume leaves the file as it was
-            save_config(run_dir, config, version=__version__)
+            save_config(run_dir, config)
         write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     objective = OBJECTIVES[config.objective]
     n = len(data.train)

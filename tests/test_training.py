@@ -9,10 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import FAKE_VALID
-from vaelab import train as training
-from vaelab.checkpoint import checkpoint_paths, load_tensors, read_metrics
+from vaelab import training
+from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.config import RunConfig
-from vaelab.train import NonFiniteLossError, load_data, resume, train
+from vaelab.data import load_data
+from vaelab.runfiles import read_metrics
+from vaelab.training import NonFiniteLossError, resume, train
 
 
 def tiny(**overrides) -> RunConfig:
@@ -99,11 +101,3 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     assert result.epochs_done == 3
     train(config, tmp_path / "clean", data_dir=fake_mnist, progress=False, log=quiet)
     assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "clean" / "metrics.jsonl").read_bytes()
-
-
-def test_device_resolution():
-    assert training.resolve_device("cpu") == torch.device("cpu")
-    assert training.resolve_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            training.resolve_device("cuda")

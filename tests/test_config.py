@@ -1,0 +1,47 @@
+"""The run configuration: defaults, JSON round trip, and one clear error for each bad value."""
+
+import pytest
+
+from vaelab.config import ConfigError, RunConfig, parse_hidden
+
+
+def test_defaults_are_the_papers_vae():
+    c = RunConfig()
+    assert (c.model, c.objective, c.latent_dim, c.hidden) == ("vae", "paper", 2, (512, 256))
+    assert (c.batch_size, c.lr, c.binarize, c.n_pixels) == (512, 2e-3, "dynamic", 784)
+
+
+def test_dict_round_trip_and_unknown_fields():
+    c = RunConfig(model="autoencoder", objective="reconstruction", hidden=[64, 32], seed=7)
+    assert c.hidden == (64, 32) and RunConfig.from_dict(c.to_dict()) == c
+    assert c.to_dict()["hidden"] == [64, 32]  # JSON-able
+    with pytest.raises(ConfigError, match="unknown config fields: colour, size"):
+        RunConfig.from_dict({**c.to_dict(), "size": 1, "colour": 2})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model": "gan"}, "unknown model 'gan'"),
+    ({"objective": "kl"}, "unknown objective 'kl'"),
+    ({"binarize": "static"}, "unknown binarize mode"),
+    ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
+    ({"model": "autoencoder", "objective": "paper"}, "cannot train on objective 'paper'"),
+    ({"latent_dim": 0}, "latent dim must be a whole number >= 1"),
+    ({"batch_size": True}, "batch size must be a whole number"),
+    ({"epochs": -1}, "epochs must be a whole number >= 0"),
+    ({"hidden": ()}, "hidden sizes"),
+    ({"hidden": (8, 0)}, "hidden sizes"),
+    ({"lr": 0.0}, "learning rate must be a positive number"),
+    ({"lr": float("nan")}, "learning rate"),
+    ({"beta": -1.0}, "beta must be a number >= 0"),
+    ({"beta": float("inf")}, "beta"),
+])
+def test_bad_values_are_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**values)
+
+
+def test_parse_hidden():
+    assert parse_hidden("512,256") == (512, 256) and parse_hidden(" 64 ") == (64,)
+    for text in ("", "a,b", "0", "-3,4", "1.5"):
+        with pytest.raises(ConfigError, match="--hidden takes"):
+            parse_hidden(text)
