@@ -8,6 +8,7 @@ unknown names, a missing or foreign run directory, a checkpoint that does not fi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +32,7 @@ from .config import (
     parse_hidden,
 )
 from .data import DataError
+from .distributed import DistributedError
 from .runfiles import CheckpointError
 from .training import NonFiniteLossError, TrainingInterrupted
 from .version import __version__
@@ -114,6 +116,11 @@ def train(
             values["epochs"] = epochs
         config = RunConfig(**values)
         result = training.train(config, out, data_dir=data_dir, device=device)
+    from .distributed import leave, started_by_torchrun
+
+    leave()
+    if started_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 speaks for the run
     best = (f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history
             else "nothing to do")
     typer.echo(f"{result.run_dir}: {result.epochs_done} epochs, {best}")
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), USAGE)
     except OSError as e:  # e.g. disk full: "PATH: No space left on device", not "[Errno 28] ..."
         _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), FAILURE)
-    except (DataError, NonFiniteLossError) as e:
+    except (DataError, NonFiniteLossError, DistributedError) as e:
         _fail(str(e), FAILURE)
     except TrainingInterrupted as e:  # Ctrl-C during training: a checkpoint was saved
         print(f"vaelab: {e}", file=sys.stderr)
