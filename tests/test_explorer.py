@@ -16,8 +16,9 @@ import torch
 
 from conftest import FAKE_VALID, trust_files, write_fake_dataset
 from test_cli import run as run_cli
+from test_report import make_setup, record
 from vaelab import data as vdata
-from vaelab import explorer
+from vaelab import explorer, report
 from vaelab.config import RunConfig
 from vaelab.train import train
 
@@ -327,3 +328,16 @@ def test_explore_serve_command_until_ctrl_c(runs, monkeypatch, capsys):
     assert f"serving the explorer at http://127.0.0.1:{port}/" in stdout and "stopped" in stdout
     assert "window.vaelabDecode" in fetched[0] and '"latent_dim":2' in fetched[0]
     assert "wrote" not in stdout  # --serve without -o writes no file
+
+
+# --- the report's link --------------------------------------------------------------------------------
+
+def test_report_links_the_explorer_when_there_is_one(tmp_path):
+    records = [record("vae", 2, s, valid=[150.0, 140.0 + s], test_se=30.0 + s) for s in (0, 1)]
+    report.write_report(tmp_path, records, make_setup(explorer="explorer.html",
+                                                      explorer_runs=("autoencoder", "VAE (paper)")), {})
+    md, page = (tmp_path / "index.md").read_text(), (tmp_path / "index.html").read_text()
+    assert "## Latent explorer" in md and "[explorer.html](explorer.html)" in md
+    assert '<a href="explorer.html">explorer.html</a>' in page and "autoencoder, VAE (paper) runs" in page
+    report.write_report(tmp_path, records, make_setup(), {})  # no explorer (no latent 2): no section
+    assert "explorer" not in (tmp_path / "index.md").read_text().lower()
