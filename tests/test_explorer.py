@@ -199,6 +199,10 @@ def test_pointer_pin_keys_and_interpolation(runs, browser, tmp_path):
     assert page.evaluate("vaelabState().picks") == [5, 9]
     page.click("#clear")
     assert not page.locator("#row-0").is_visible()
+    page.check("#pick-mode")  # the other way to pick: plain clicks while the box is ticked
+    for i in (3, 7):
+        page.mouse.click(*page.evaluate(f"vaelabPagePoint(1, {i})"))
+    assert len(page.evaluate("vaelabState().picks")) == 2 and page.locator("#row-1").is_visible()
     assert opened.errors == []
     opened.close()
 
