@@ -278,6 +278,11 @@ def test_explore_command_writes_the_page(runs, tmp_path, capsys):
     assert '"n_points":50' in page and "http://" not in page and "https://" not in page
 
 
+def test_explore_help(capsys):
+    code, stdout, _ = run_cli(["explore", "--help"], capsys)
+    assert code == 0 and "--serve" in stdout and "[default: auto]" in stdout and "\\[" not in stdout
+
+
 @pytest.mark.parametrize("names, message", [
     (["pca-z2"], "is a pca run; the explorer shows autoencoder and VAE runs"),
     (["vae-z2", "kmnist-z2"], "was trained on kmnist but"),
