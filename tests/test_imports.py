@@ -21,7 +21,7 @@ LAYERS = [
     {"training", "likelihood", "classifier"},
     {"evaluate"},
     {"api"},
-    {"figures", "table"},
+    {"figures", "table", "explorer"},
     {"discussion"},
     {"report"},
     {"reproduce"},

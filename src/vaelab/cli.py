@@ -219,6 +219,35 @@ def reproduce(
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
 
 
+@app.command(epilog="Example: vaelab explore runs/ae-z2 runs/vae-z2 -o explorer.html")
+def explore(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Autoencoder and VAE run directories of one dataset and "
+                                                   "latent dimension, shown side by side")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write  "
+                                                "[default: explorer.html; with --serve: none]",
+                                                show_default=False)] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 (a free port) until "
+                                        "Ctrl-C")] = False,
+    points: Annotated[int | None, typer.Option(help="Test images whose codes the planes show (the first N)  "
+                                               "[default: 3000]", show_default=False)] = None,
+    precision: Annotated[str, typer.Option(help="Embedded weights: auto (float32 unless the page would exceed "
+                                           "4 MiB, then float16) | float32 | float16")] = "auto",
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Write one self-contained HTML page (works offline) that decodes codes live as the pointer moves."""
+    from . import explorer
+
+    items = explorer.load_runs(run_dirs, data_dir=data_dir, device=device,
+                               **({"n_points": points} if points is not None else {}))
+    page = explorer.build_page(items, precision)
+    if output is not None or not serve:
+        path = explorer.write_page(output or Path("explorer.html"), page)
+        typer.echo(f"wrote {path} ({len(page.encode()) / 2**20:.2f} MiB)")
+    if serve:
+        explorer.serve(page, typer.echo)
+
+
 @app.command()
 def version() -> None:
     """Print the vaelab version."""

@@ -45,6 +45,7 @@ from .config import (
 from .data import PixelData, load_data
 from .device import resolve_device
 from .evaluate import evaluate_run
+from .explorer import write_explorer
 from .models import decode_to_pixels, encode_mean, quantile_grid, sample_images
 from .progress import to_stderr
 from .report import Setup, write_report
@@ -57,6 +58,7 @@ from .version import __version__
 EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
+EXPLORER_FILE = "explorer.html"  # the latent explorer page, in the report directory
 
 
 class ReproduceError(ValueError):
@@ -352,6 +354,18 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
     return paths, code_stats
 
 
+def make_explorer(out: Path, runs: dict[tuple[str, str, int, int], Path], settings: Settings, *,
+                  data_dir: str | Path | None = None, device: str = "auto") -> tuple[str, ...]:
+    """OUT/explorer.html with the neural latent-2 runs of the first seed (autoencoder and both VAEs)
+    side by side; returns their labels, or () when latent 2 is not among the settings."""
+    if 2 not in settings.latent_dims:
+        return ()
+    shown = [(m, o) for m, o in EXPERIMENT if m != "pca"]  # PCA has no neural decoder to run in the page
+    write_explorer(out / EXPLORER_FILE, [runs[(m, o, 2, settings.seeds[0])] for m, o in shown], data_dir=data_dir,
+                   device=device)
+    return tuple(MODEL_LABELS[mo] for mo in shown)
+
+
 def _run(model: torch.nn.Module, method, x: torch.Tensor) -> torch.Tensor:
     """method(model)(x) with x moved to the model's device; the result back on the CPU."""
     device = next(iter(model.state_dict().values())).device
@@ -414,6 +428,10 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
                 for s in specs}
         figure_paths, code_stats = make_figures(out, runs, data, settings, device=device)
         figure_seconds = time.perf_counter() - t0
+        bar.phase("explorer")
+        t0 = time.perf_counter()
+        explorer_runs = make_explorer(out, runs, settings, data_dir=data_dir, device=device)
+        explorer_seconds = time.perf_counter() - t0
         bar.phase("report")
         records = [load_record(runs_dir / spec.name) for spec in specs]
         setup = Setup(
@@ -432,11 +450,14 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
             runs_reused=sum(v == "reused" for v in what.values()),
             runs_total=len(specs),
             train_seconds_total=sum(_training_seconds(runs_dir / s.name) for s in specs),
-            phase_seconds={"training": train_seconds, "evaluation": eval_seconds, "figures": figure_seconds},
+            phase_seconds={"training": train_seconds, "evaluation": eval_seconds, "figures": figure_seconds,
+                           **({"explorer": explorer_seconds} if explorer_runs else {})},
             wall_seconds=time.perf_counter() - started,
             figure_seed=settings.seeds[0],
             interpolation_classes=INTERPOLATION_CLASSES,
             code_stats=code_stats,
+            explorer=EXPLORER_FILE if explorer_runs else None,
+            explorer_runs=explorer_runs,
         )
         index = write_report(out, records, setup, figure_paths)
     finally:
