@@ -14,7 +14,7 @@ PACKAGE = Path(vaelab.__file__).parent
 
 # Bottom to top. Modules on one layer do not import each other.
 LAYERS = [
-    {"version", "config", "device", "linear", "progress", "distributed"},
+    {"version", "config", "device", "linear", "progress", "distributed", "executors"},
     {"data", "models", "objectives"},
     {"runfiles"},
     {"checkpoint"},

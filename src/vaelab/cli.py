@@ -205,17 +205,27 @@ def reproduce(
                                                f"[default: {IWAE_K}; quick: {QUICK_IWAE_K}]")] = None,
     iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
                                                     f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Train the runs in N local worker processes, each with its "
+                                         "share of the cores  [default: 1, one after another]",
+                                         show_default=False)] = 1,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Train the runs as Ray tasks on the Ray cluster at ADDRESS; without "
+        "ADDRESS, on a Ray started on this machine (pip install 'vaelab[ray]')")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
     """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
     results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
-    from .reproduce import make_settings, parse_latent_dims
+    from .reproduce import Executor, make_settings, parse_latent_dims
     from .reproduce import reproduce as run_reproduce
 
+    if ray is not None and workers != 1:
+        raise UsageProblem("--workers and --ray are two ways to run the same runs: choose one")
+    executor = (Executor("ray", address=None if ray == RAY_HERE else ray) if ray is not None
+                else Executor("processes", workers=workers) if workers > 1 else Executor())
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)
-    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device)
+    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device, executor=executor)
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
 
 
@@ -254,10 +264,23 @@ def version() -> None:
     typer.echo(json.dumps({"vaelab": __version__}))
 
 
+RAY_HERE = "local"  # what a bare `--ray` stands for: start Ray on this machine
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """`--ray` may come without its ADDRESS (click options take a value): supply RAY_HERE then."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(RAY_HERE)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping every known error to one line on stderr."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=optional_values(sys.argv[1:] if argv is None else argv), standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
             _fail("interrupted", 130)
         if code:
@@ -274,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # e.g. disk full: "PATH: No space left on device", not "[Errno 28] ..."
         _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), FAILURE)
     except (DataError, NonFiniteLossError, DistributedError) as e:
+        _fail(str(e), FAILURE)
+    except RuntimeError as e:
+        from .reproduce import ReproduceFailed  # here: the module is heavy and only `reproduce` raises it
+
+        if not isinstance(e, ReproduceFailed):
+            raise
         _fail(str(e), FAILURE)
     except TrainingInterrupted as e:  # Ctrl-C during training: a checkpoint was saved
         print(f"vaelab: {e}", file=sys.stderr)
