@@ -64,7 +64,7 @@ class UsageProblem(Exception):
 
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="Data root holding MNIST/raw/ (then $VAELAB_DATA, then the cache).")]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | mps")]
 D = RunConfig()  # the defaults, shown in --help (the options default to None so --resume can refuse them)
 
 
@@ -87,6 +87,9 @@ def train(
     seed: Annotated[int | None, typer.Option(help=f"Random seed  [default: {D.seed}]")] = None,
     valid_size: Annotated[int | None, typer.Option(
         help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="float32 | bfloat16: bfloat16 autocast for training's matmuls, where the CPU (AVX-512 BF16, AMX) or "
+             f"GPU computes it natively  [default: {D.precision}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option(help="New run directory")] = None,
@@ -97,7 +100,7 @@ def train(
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
-             "seed": seed, "valid_size": valid_size}
+             "seed": seed, "valid_size": valid_size, "precision": precision}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:

@@ -13,6 +13,7 @@ MODELS = ("pca", "autoencoder", "vae")
 OBJECTIVES = ("paper", "elbo", "reconstruction", "squared-error")
 BINARIZE = ("dynamic", "none")
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
+PRECISIONS = ("float32", "bfloat16")
 
 # The objective each model trains on when none is given; a VAE defaults to the paper's eq. (2)-(3).
 DEFAULT_OBJECTIVE = {"pca": "squared-error", "autoencoder": "reconstruction", "vae": "paper"}
@@ -40,6 +41,7 @@ class RunConfig:
     eval_seed: int = 1234  # fixed seed: binarizes validation/test once, draws the validation noise
     valid_size: int = 10000  # the last images of the official training set held out for validation
     n_pixels: int = 784  # 28 x 28 input images
+    precision: str = "float32"  # "bfloat16": training's matmuls under bfloat16 autocast (native bf16 only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -69,6 +71,7 @@ def check(c: RunConfig) -> None:
     choice("objective", c.objective, OBJECTIVES)
     choice("binarize mode", c.binarize, BINARIZE)
     choice("dataset", c.dataset, DATASETS)
+    choice("precision", c.precision, PRECISIONS)
     if c.objective not in ALLOWED_OBJECTIVES[c.model]:
         raise ConfigError(
             f"model {c.model!r} cannot train on objective {c.objective!r}; "

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .checkpoint import checkpoint_paths, load_tensors, load_training_state, save_model, save_training_state
 from .config import ConfigError, RunConfig
 from .data import PixelData, load_data
-from .device import resolve_device
+from .device import native_bfloat16, resolve_device
 from .distributed import World, join
 from .models import PCA, init_model
 from .objectives import LOG_VARIANCE, OBJECTIVES, evaluate_objective
@@ -133,6 +133,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     world, dev = join(resolve_device(device))  # under torchrun: this rank's place and device
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
+    _check_precision(config, dev)
     if world.main:
         taken = f"{out} already holds a run; resume it with --resume {out} or choose another --out"
         if (out / CONFIG_FILE).exists():
@@ -181,6 +182,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
         config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
+    _check_precision(config, dev)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
     if not world.main:
@@ -195,6 +197,12 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
             raise
         world.outcome(None)
         return _fit(config, run_dir, data=data, device=dev, world=world, resume=True, progress=progress, log=log)
+
+
+def _check_precision(config: RunConfig, device: torch.device) -> None:
+    if config.precision == "bfloat16" and not native_bfloat16(device):
+        raise ConfigError(f"--precision bfloat16 needs native bfloat16 (a CPU with AVX-512 BF16 or AMX, or a GPU); "
+                          f"this {device.type} would emulate it, slower than float32: use --precision float32")
 
 
 def _check_world(config: RunConfig, world: World) -> None:
@@ -291,7 +299,8 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
             x = data.train_batch(idx, generator)  # (B, P)
             noise = (torch.randn(len(idx), config.latent_dim, generator=generator, device=device)
                      if noisy else None)  # (B, D)
-            terms = step(world.shard(x), None if noise is None else world.shard(noise))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                terms = step(world.shard(x), None if noise is None else world.shard(noise))
             # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
             loss = terms["loss"].sum() / (len(idx) / world.size)
             if not world.all_true(bool(torch.isfinite(loss)), device):
