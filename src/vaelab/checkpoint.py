@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import RunConfig
 from .device import resolve_device
+from .linear import KERNELS, set_kernel
 from .models import init_model
 from .runfiles import CHECKPOINT_DIR, FORMAT_VERSION, MODEL_FILE, CheckpointError, atomic_write, load_config
 
@@ -202,5 +203,7 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "auto") -> tu
     config = load_config(run_dir)
     model = init_model(config, resolve_device(device))
     meta = load_model(run_dir, model)
+    if meta.get("linear_kernel") in KERNELS:  # the kernel it was validated with: `evaluate` repeats its numbers
+        set_kernel(model, meta["linear_kernel"])
     model.eval()
     return model, config, meta
