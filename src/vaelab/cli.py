@@ -77,7 +77,8 @@ class Parsed(click.ParamType):
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
-        return self.parse(value, param.opts[0] if param is not None and param.opts else self.name, **self.limits)
+        name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name if param else self.name
+        return self.parse(value, name, **self.limits)
 
 
 WHOLE = Parsed("integer", parse_whole)
@@ -177,7 +178,7 @@ def summary(result) -> str:
         return f"{result.run_dir}: fit, valid loss {result.best_valid_loss:.3f}"
     done = plural(result.epochs_done, "epoch")
     if result.epochs_done < result.target_epochs:
-        done += f" of {result.target_epochs} done"
+        done = f"{result.epochs_done} of {plural(result.target_epochs, 'epoch')} done"
     best = (f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history
             else "nothing trained")
     return f"{result.run_dir}: {done}, {best}"
@@ -288,7 +289,7 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping every known error to one line on stderr."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="vaelab", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
             _fail("interrupted", 130)
         if code:
