@@ -201,9 +201,12 @@ def evaluate(
 ) -> None:
     """Validation and test loss of the best checkpoint, per image in nats; saved to evaluation.json."""
     from .evaluate import evaluate_run
-    from .likelihood import parse_estimators
+    from .likelihood import check_applicable, parse_estimators
+    from .runfiles import load_config
 
     estimators = parse_estimators(nll) if nll is not None else ()
+    if estimators:
+        check_applicable(load_config(run_dir))
     if "iwae" not in estimators and (k is not None or iwae_images is not None):
         given = " and ".join(f for f, v in (("--k", k), ("--iwae-images", iwae_images)) if v is not None)
         raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")

@@ -318,13 +318,18 @@ def test_options_without_effect_are_refused(model, args, needle, data, tmp_path)
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_epochs_on_a_pca_run_is_refused(data, tmp_path):
+def test_options_without_effect_on_an_existing_pca_run_are_refused(data, tmp_path):
     code, out, err = run_cli(["train", *PCA, "--out", tmp_path / "p"])
     assert code == 0, err
     assert out.strip().startswith(f"{tmp_path / 'p'}: fit, valid loss")
+    before = files(tmp_path / "p")
     code, _, err = run_cli(["train", "--resume", tmp_path / "p", "--epochs", "3"])
     assert code == 2
     assert_one_clear_line(err, "--epochs has no effect on a pca model")
+    code, _, err = run_cli(["evaluate", tmp_path / "p", "--nll", "exact"])
+    assert code == 2
+    assert_one_clear_line(err, "--nll has no effect on a pca run: it defines no p(x)")
+    assert files(tmp_path / "p") == before
 
 
 # --- 8. what the user names explicitly is used or is an error ------------------------------------------
