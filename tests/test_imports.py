@@ -14,14 +14,14 @@ PACKAGE = Path(vaelab.__file__).parent
 
 # Bottom to top. Modules on one layer do not import each other.
 LAYERS = [
-    {"version", "config", "device", "linear", "progress"},
+    {"version", "config", "device", "linear", "progress", "distributed", "executors"},
     {"data", "models", "objectives"},
     {"runfiles"},
     {"checkpoint"},
     {"training", "likelihood", "classifier"},
     {"evaluate"},
     {"api"},
-    {"figures", "table"},
+    {"figures", "table", "explorer"},
     {"discussion"},
     {"report"},
     {"reproduce"},

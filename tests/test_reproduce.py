@@ -254,3 +254,11 @@ def test_report_embeds_every_figure_and_states_the_setup(quick):
         assert text in md, text
     for name in FIGURES:
         assert f"](figures/{name}.png)" in md
+
+
+def test_the_report_links_an_explorer_of_the_latent_2_runs(quick):
+    page = (quick["out"] / "explorer.html").read_text()
+    for label in ("autoencoder, z=2, seed 0", "VAE (paper), z=2, seed 0", "VAE (ELBO), z=2, seed 0"):
+        assert label in page, label
+    assert "pca-" not in page and "window.vaelabDecode" in page
+    assert "[explorer.html](explorer.html)" in (quick["out"] / "index.md").read_text()

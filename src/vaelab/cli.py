@@ -10,6 +10,7 @@ config.py's strict parsers (through `Parsed` below).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,7 @@ from .config import (
     parse_whole,
 )
 from .data import DataError, DataNotFoundError
+from .distributed import DistributedError
 from .runfiles import CheckpointError
 from .training import NonFiniteLossError, TrainingInterrupted
 from .version import __version__
@@ -169,6 +171,11 @@ def train(
         check_options_apply(kind, [k for k, v in {**given, "epochs": epochs}.items() if v is not None])
         config = RunConfig(**values)
         result = training.train(config, out, data_dir=data_dir, device=device)
+    from .distributed import leave, started_by_torchrun
+
+    leave()
+    if started_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 speaks for the run
     typer.echo(summary(result))
 
 
@@ -269,18 +276,63 @@ def reproduce(
                                                f"[default: {IWAE_K}; quick: {QUICK_IWAE_K}]")] = None,
     iwae_images: Annotated[int | None, typer.Option(click_type=WHOLE, help="IWAE on the first N test images  "
                                                     f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
+    workers: Annotated[int, typer.Option(
+        click_type=whole(1), help="Train the runs in N local worker processes, each with its "
+                                         "share of the cores  [default: 1, one after another]",
+                                         show_default=False)] = 1,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Train the runs as Ray tasks on the Ray cluster at ADDRESS; without "
+        "ADDRESS, on a Ray started on this machine (pip install 'vaelab[ray]')")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
     """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
     results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
-    from .reproduce import make_settings, parse_latent_dims
+    from .reproduce import Executor, make_settings, parse_latent_dims
     from .reproduce import reproduce as run_reproduce
 
+    if ray is not None and workers != 1:
+        raise UsageProblem("--workers and --ray are two ways to run the same runs: choose one")
+    executor = (Executor("ray", address=None if ray == RAY_HERE else ray) if ray is not None
+                else Executor("processes", workers=workers) if workers > 1 else Executor())
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)
-    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device)
+    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device, executor=executor)
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
+
+
+@app.command(epilog="Example: vaelab explore runs/ae-z2 runs/vae-z2 -o explorer.html")
+def explore(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        click_type=PATH, help="Autoencoder and VAE run directories of one dataset and "
+                                                   "latent dimension, shown side by side")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", click_type=PATH, help="HTML file to write  "
+                                                "[default: explorer.html; with --serve: none]",
+                                                show_default=False)] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 (a free port) until "
+                                        "Ctrl-C")] = False,
+    points: Annotated[int | None, typer.Option(click_type=whole(1), help="Test images whose codes the planes "
+                                               "show (the first N)  "
+                                               "[default: 3000]", show_default=False)] = None,
+    precision: Annotated[str, typer.Option(help="Embedded weights: auto (float32 unless the page would exceed "
+                                           "4 MiB, then float16) | float32 | float16")] = "auto",
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Write one self-contained HTML page (works offline) that decodes codes live as the pointer moves."""
+    from . import explorer
+
+    if output is not None:
+        explorer.check_output(output)
+    items = explorer.load_runs(run_dirs, data_dir=data_dir, device=device,
+                               **({"n_points": points} if points is not None else {}))
+    page = explorer.build_page(items, precision)
+    if output is not None or not serve:
+        path = explorer.write_page(output or Path("explorer.html"), page)
+        typer.echo(f"wrote {path} ({len(page.encode()) / 2**20:.2f} MiB)")
+    if serve:
+        explorer.serve(page, typer.echo)
 
 
 @app.command()
@@ -289,10 +341,24 @@ def version() -> None:
     typer.echo(json.dumps({"vaelab": __version__}))
 
 
+RAY_HERE = "local"  # what a bare `--ray` stands for: start Ray on this machine
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """`--ray` may come without its ADDRESS (click options take a value): supply RAY_HERE then."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(RAY_HERE)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping every known error to one line on stderr."""
     try:
-        code = app(args=argv, prog_name="vaelab", standalone_mode=False)
+        code = app(args=optional_values(sys.argv[1:] if argv is None else argv), prog_name="vaelab",
+                   standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
             _fail("interrupted", 130)
         if code:
@@ -308,7 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), USAGE)
     except OSError as e:  # e.g. disk full: "PATH: No space left on device", not "[Errno 28] ..."
         _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), FAILURE)
-    except (DataError, NonFiniteLossError) as e:
+    except (DataError, NonFiniteLossError, DistributedError) as e:
+        _fail(str(e), FAILURE)
+    except RuntimeError as e:
+        from .reproduce import ReproduceFailed  # here: the module is heavy and only `reproduce` raises it
+
+        if not isinstance(e, ReproduceFailed):
+            raise
         _fail(str(e), FAILURE)
     except TrainingInterrupted as e:  # Ctrl-C during training: a checkpoint was saved
         print(f"vaelab: {e}", file=sys.stderr)

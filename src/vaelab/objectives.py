@@ -61,33 +61,37 @@ def squared_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_hat - x).square().sum(-1)
 
 
-def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise(like: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None) -> torch.Tensor:
+    """The standard normal draws e, shaped like m: given (drawn by the trainer for a whole global batch,
+    see distributed.py), or drawn here from `generator`."""
+    if noise is not None:
+        return noise
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def paper_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0,
+def paper_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> Terms:
     """Eq. (2)-(3): e ~ N(0, 1), c = exp(σ)·e + m, loss = BCE(decode(c), x) + β·paper_penalty."""
     m, sigma = model.encode(x)  # (N, D) each
-    c = sigma.exp() * _noise(m, generator) + m
+    c = sigma.exp() * _noise(m, generator, noise) + m
     reconstruction = bernoulli_nll(model.decode(c), x)
     regularizer = paper_penalty(m, sigma)
     return {"loss": reconstruction + beta * regularizer, "reconstruction": reconstruction,
             "regularizer": regularizer}
 
 
-def elbo_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0,
+def elbo_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> Terms:
     """Negative ELBO (β-weighted): z = m + exp(½·logvar)·e, loss = BCE + β·KL(q ‖ N(0, I))."""
     m, logvar = model.encode(x)  # (N, D) each
-    z = m + (0.5 * logvar).exp() * _noise(m, generator)
+    z = m + (0.5 * logvar).exp() * _noise(m, generator, noise)
     reconstruction = bernoulli_nll(model.decode(z), x)
     regularizer = gaussian_kl(m, logvar)
     return {"loss": reconstruction + beta * regularizer, "reconstruction": reconstruction,
             "regularizer": regularizer}
 
 
-def reconstruction_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0,
+def reconstruction_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                              generator: torch.Generator | None = None) -> Terms:
     """The autoencoder's loss: the same Bernoulli reconstruction term, no regulariser."""
     reconstruction = bernoulli_nll(model.decode(model.encode(x)), x)
@@ -95,7 +99,7 @@ def reconstruction_objective(model: nn.Module, x: torch.Tensor, *, beta: float =
             "regularizer": torch.zeros_like(reconstruction)}
 
 
-def squared_error_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0,
+def squared_error_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                             generator: torch.Generator | None = None) -> Terms:
     """PCA's criterion: squared reconstruction error (minimised in closed form by PCA.fit)."""
     error = squared_error(model.reconstruct(x), x)

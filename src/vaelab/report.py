@@ -46,6 +46,8 @@ class Setup:
     figure_seed: int
     interpolation_classes: tuple[int, int]
     code_stats: dict = field(default_factory=dict)
+    explorer: str | None = None  # the latent explorer page, relative to the report (None: not written)
+    explorer_runs: tuple[str, ...] = ()  # labels of the runs it shows
 
 
 def captions(setup: Setup) -> dict[str, str]:
@@ -152,14 +154,26 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
     for name in FIGURES:
         if name in figure_paths:
             blocks.append(("figure", figure_number(name), figure_paths[name], caption[name]))
+    if setup.explorer:
+        blocks += [("h2", "Latent explorer"), ("p", explorer_paragraph(setup))]
     blocks.append(("h2", "Discussion"))
     blocks += [("p", text) for text in discussion(rows, epochs=setup.epochs, code_stats=setup.code_stats)]
     blocks += [("p", text) for text in likelihood_paragraphs(rows)]
     return blocks
 
 
+def explorer_paragraph(setup: Setup) -> str:
+    runs = ", ".join(setup.explorer_runs)
+    return (f"[{setup.explorer}]({setup.explorer}) (one self-contained page, works offline): the latent-2 test "
+            f"codes of the {runs} runs (seed {setup.figure_seed}) side by side on planes with the prior's 1, 2 "
+            "and 3 σ circles; moving the pointer decodes that code live in every run, clicking pins it, and two "
+            "picked test images give the straight path between their codes, decoded per run. Also "
+            "`vaelab explore RUN [RUN ...]`.")
+
+
 def _inline_html(text: str) -> str:
     text = html.escape(text, quote=False)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)  # [text](relative link)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)

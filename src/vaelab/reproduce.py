@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import executors
 from . import figures as figs
 from .checkpoint import checkpoint_paths, load_trained
 from .config import (
@@ -43,13 +44,14 @@ from .config import (
     RunConfig,
     parse_whole_numbers,
 )
-from .data import PixelData, load_data
+from .data import DataError, PixelData, load_data
 from .device import resolve_device
 from .evaluate import evaluate_run
+from .explorer import write_explorer
 from .models import decode_to_pixels, encode_mean, quantile_grid, sample_images
 from .progress import to_stderr
 from .report import Setup, write_report
-from .runfiles import CONFIG_FILE, MODEL_FILE, TIMING_FILE, load_config, read_metrics, write_json
+from .runfiles import CONFIG_FILE, MODEL_FILE, TIMING_FILE, CheckpointError, load_config, read_metrics, write_json
 from .table import MODEL_LABELS, load_record
 from .training import NonFiniteLossError, TrainingInterrupted, resume, train
 from .version import __version__
@@ -58,6 +60,7 @@ from .version import __version__
 EXPERIMENT = (("pca", "squared-error"), ("autoencoder", "reconstruction"), ("vae", "paper"), ("vae", "elbo"))
 RUN_NOTE = "reproduce.json"  # in each run directory: the training images it was given
 INTERPOLATION_CLASSES = (0, 1)  # full moon and half moon: a round digit and a stroke
+EXPLORER_FILE = "explorer.html"  # the latent explorer page, in the report directory
 
 
 class ReproduceError(ValueError):
@@ -259,6 +262,13 @@ class Progress:
         else:
             self.phase(text)
 
+    def advance(self, units: int) -> None:
+        self.bar.update(units)
+
+    def failed(self, index: int, name: str, error: str) -> None:
+        """A failed run's line: shown with or without a bar."""
+        tqdm.write(f"run {index + 1}/{self.n_runs} {name} FAILED: {error.splitlines()[0]}", file=sys.stderr)
+
     def finished(self, index: int, name: str, what: str, seconds: float, best_valid_loss: float | None) -> None:
         """The line for a finished run: name, what happened, seconds, best validation loss."""
         if self.bar.disable:
@@ -347,6 +357,18 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
     return paths, code_stats
 
 
+def make_explorer(out: Path, runs: dict[tuple[str, str, int, int], Path], settings: Settings, *,
+                  data_dir: str | Path | None = None, device: str = "auto") -> tuple[str, ...]:
+    """OUT/explorer.html with the neural latent-2 runs of the first seed (autoencoder and both VAEs)
+    side by side; returns their labels, or () when latent 2 is not among the settings."""
+    if 2 not in settings.latent_dims:
+        return ()
+    shown = [(m, o) for m, o in EXPERIMENT if m != "pca"]  # PCA has no neural decoder to run in the page
+    write_explorer(out / EXPLORER_FILE, [runs[(m, o, 2, settings.seeds[0])] for m, o in shown], data_dir=data_dir,
+                   device=device)
+    return tuple(MODEL_LABELS[mo] for mo in shown)
+
+
 def _run(model: torch.nn.Module, method, x: torch.Tensor) -> torch.Tensor:
     """method(model)(x) with x moved to the model's device; the result back on the CPU."""
     device = next(iter(model.state_dict().values())).device
@@ -357,11 +379,14 @@ def _run(model: torch.nn.Module, method, x: torch.Tensor) -> torch.Tensor:
 
 def reproduce(out: str | Path = "report", *, settings: Settings | None = None, force: bool = False,
               data_dir: str | Path | None = None, device: str = "auto", progress: bool | None = None,
-              base: RunConfig | None = None) -> Path:
+              base: RunConfig | None = None, executor: Executor | None = None) -> Path:
     """Train (or reuse) every run, evaluate them, draw the figures, write the report; returns index.html.
 
-    `progress`: None shows the overall progress bar only when stderr is a terminal.
+    `progress`: None shows the overall progress bar only when stderr is a terminal. `executor`: where
+    the runs train (default: one after another in this process); the results are the same for all.
+    A run that fails is reported while the others finish; then ReproduceFailed names every failed run.
     """
+    executor = executor or Executor()
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]  # 1-minute load: tells a reader whether the cores were shared
     out = Path(out)
@@ -378,23 +403,22 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         raise ReproduceError(f"--quick trains on {settings.train_images} images but the training split has "
                              f"only {len(data.train)}")
 
-    bar = Progress(sum(remaining_units(s, runs_dir / s.name, force) for s in specs), len(specs), progress)
-    what = {}
+    units = [remaining_units(s, runs_dir / s.name, force) for s in specs]
+    bar = Progress(sum(units), len(specs), progress)
+    what: dict[str, str] = {}
     try:
         t0 = time.perf_counter()
-        for i, spec in enumerate(specs):
-            bar.start(i, spec.name)
-            run_started = time.perf_counter()
-            try:
-                what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
-                                             log=bar.log)
-            except TrainingInterrupted:
-                raise TrainingInterrupted(f"interrupted in run {spec.name} (its checkpoint is saved); to continue "
-                                          f"every run, give the same command again: {settings.command(out)}") from None
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"run {runs_dir / spec.name}: {e}") from None
-            bar.finished(i, spec.name, what[spec.name], time.perf_counter() - run_started,
-                         _best_valid_loss(runs_dir / spec.name))
+        if executor.kind == "serial":
+            failures = _train_serially(specs, runs_dir, data=data, force=force, device=device, bar=bar, what=what,
+                                       command=settings.command(out))
+        else:
+            failures = _train_in_parallel(specs, runs_dir, units, executor, data_dir=data_dir, force=force,
+                                          device=device, bar=bar, what=what)
+        if failures:
+            raise ReproduceFailed(f"{len(failures)} of {len(specs)} runs failed: "
+                                  + "; ".join(f"{name}: {error.splitlines()[0]}" for name, error in failures)
+                                  + f". The other runs are saved; give the same command again to retry the failed "
+                                  f"ones (finished runs are reused): {settings.command(out)}")
         train_seconds = time.perf_counter() - t0
         bar.phase("evaluating")
         t0 = time.perf_counter()
@@ -409,6 +433,10 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
                 for s in specs}
         figure_paths, code_stats = make_figures(out, runs, data, settings, device=device)
         figure_seconds = time.perf_counter() - t0
+        bar.phase("explorer")
+        t0 = time.perf_counter()
+        explorer_runs = make_explorer(out, runs, settings, data_dir=data_dir, device=device)
+        explorer_seconds = time.perf_counter() - t0
         bar.phase("report")
         records = [load_record(runs_dir / spec.name) for spec in specs]
         setup = Setup(
@@ -427,16 +455,87 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
             runs_reused=sum(v == "reused" for v in what.values()),
             runs_total=len(specs),
             train_seconds_total=sum(_training_seconds(runs_dir / s.name) for s in specs),
-            phase_seconds={"training": train_seconds, "evaluation": eval_seconds, "figures": figure_seconds},
+            phase_seconds={"training": train_seconds, "evaluation": eval_seconds, "figures": figure_seconds,
+                           **({"explorer": explorer_seconds} if explorer_runs else {})},
             wall_seconds=time.perf_counter() - started,
             figure_seed=settings.seeds[0],
             interpolation_classes=INTERPOLATION_CLASSES,
             code_stats=code_stats,
+            explorer=EXPLORER_FILE if explorer_runs else None,
+            explorer_runs=explorer_runs,
         )
         index = write_report(out, records, setup, figure_paths)
     finally:
         bar.close()
     return index
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where reproduce trains its runs: "serial" (this process), "processes" (`workers` local worker
+    processes, each with its share of the cores) or "ray" (Ray tasks; `address` None starts Ray here)."""
+
+    kind: str = "serial"
+    workers: int = 1
+    address: str | None = None
+
+
+class ReproduceFailed(RuntimeError):
+    """Some runs failed (each named with its error); the others were trained and saved."""
+
+
+def _train_serially(specs: list[RunSpec], runs_dir: Path, *, data: PixelData, force: bool, device: str,
+                    bar: Progress, what: dict, command: str) -> list[tuple[str, str]]:
+    """Each run in this process, sharing one copy of the data; returns the failed runs (name, error)."""
+    failures = []
+    for i, spec in enumerate(specs):
+        bar.start(i, spec.name)
+        run_started = time.perf_counter()
+        try:
+            what[spec.name] = ensure_run(spec, runs_dir / spec.name, data=data, force=force, device=device,
+                                         log=bar.log)
+        except TrainingInterrupted:
+            raise TrainingInterrupted(f"interrupted in run {spec.name} (its checkpoint is saved); to continue "
+                                      f"every run, give the same command again: {command}") from None
+        except (NonFiniteLossError, DataError, CheckpointError, OSError) as e:
+            failures.append((spec.name, f"{type(e).__name__}: {e}"))
+            bar.failed(i, spec.name, failures[-1][1])
+            continue
+        bar.finished(i, spec.name, what[spec.name], time.perf_counter() - run_started,
+                     _best_valid_loss(runs_dir / spec.name))
+    return failures
+
+
+def train_job(spec: RunSpec, run_dir: str, data_dir: str | None, force: bool, device: str, threads: int) -> dict:
+    """One run in a worker process or Ray task: its own copy of the data and its share of the cores."""
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    what = ensure_run(spec, Path(run_dir), data=load_data(spec.config, data_dir), force=force, device=device)
+    return {"what": what, "seconds": time.perf_counter() - started}
+
+
+def _train_in_parallel(specs: list[RunSpec], runs_dir: Path, units: list[int], executor: Executor, *,
+                       data_dir: str | Path | None, force: bool, device: str, bar: Progress,
+                       what: dict) -> list[tuple[str, str]]:
+    """The runs on `executor`, reported as they finish; returns the failed runs (name, error)."""
+    workers = executor.workers if executor.kind == "processes" else 1
+    threads = executors.threads_per_job(max(workers, 1))
+    jobs = [(spec, str(runs_dir / spec.name), None if data_dir is None else str(data_dir), force, device, threads)
+            for spec in specs]
+    outcomes = (executors.processes(train_job, jobs, executor.workers) if executor.kind == "processes"
+                else executors.ray(train_job, jobs, executor.address, threads))
+    bar.phase(f"training {len(specs)} runs ({executor.kind})")
+    failures = []
+    for i, (status, value) in outcomes:
+        name = specs[i].name
+        bar.advance(units[i])
+        if status == "ok":
+            what[name] = value["what"]
+            bar.finished(i, name, value["what"], value["seconds"], _best_valid_loss(runs_dir / name))
+        else:
+            failures.append((name, str(value)))
+            bar.failed(i, name, str(value))
+    return failures
 
 
 def _best_valid_loss(run_dir: Path) -> float | None:

@@ -20,12 +20,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import (
@@ -36,16 +37,18 @@ from .checkpoint import (
     save_model,
     save_training_state,
 )
-from .config import RunConfig, check_data_size, check_options_apply
+from .config import ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, load_data
 from .device import resolve_device
+from .distributed import World, join
 from .models import PCA, init_model
-from .objectives import OBJECTIVES, evaluate_objective
+from .objectives import LOG_VARIANCE, OBJECTIVES, evaluate_objective
 from .runfiles import (
     MODEL_FILE,
     CheckpointError,
     append_timing,
     check_new_run_dir,
+    check_not_in_use,
     load_config,
     read_metrics,
     remove_stale_temp_files,
@@ -138,21 +141,37 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     (the directory, the data, the model's limits against them) is checked before anything is written.
     """
     out = Path(out)
-    check_new_run_dir(out, allowed=keep)  # a run still training there is reported as in use
-    dev = resolve_device(device)
+    world, dev = join(resolve_device(device))  # under torchrun: this rank's place and device
+    world.agree("configuration", config.to_dict())
+    _check_world(config, world)
+    if world.main:
+        try:
+            check_new_run_dir(out, allowed=keep)  # a run still training there is reported as in use
+        except BaseException as e:
+            world.outcome(e)
+            raise
     data = data if data is not None else load_data(config, data_dir)
     data.check()
     check_data_size(config, len(data.train))
     init_model(config, dev)  # sizes or a seed that cannot be used fail here, before anything is written
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"{out}: cannot create the run directory ({e.strerror})") from None
-    with run_lock(out):  # also the first write: an unwritable directory fails here, before training
-        check_new_run_dir(out, allowed=keep, locked=True)  # another process may have started a run here
-        remove_stale_temp_files(out)
-        save_config(out, config)
-        return _fit(config, out, data=data, device=dev, resume=False, progress=progress, log=log)
+    if not world.main:
+        world.outcome(None)  # raises if rank 0 could not claim the run directory
+        return _fit(config, out, data=data, device=dev, world=world, resume=False, progress=False, log=_quiet)
+    with ExitStack() as claimed:
+        try:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(f"{out}: cannot create the run directory ({e.strerror})") from None
+            claimed.enter_context(run_lock(out))  # also the first write: an unwritable directory fails here
+            check_new_run_dir(out, allowed=keep, locked=True)  # another process may have started a run here
+            remove_stale_temp_files(out)
+            save_config(out, config)
+        except BaseException as e:
+            world.outcome(e)
+            raise
+        world.outcome(None)
+        return _fit(config, out, data=data, device=dev, world=world, resume=False, progress=progress, log=log)
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | None = None,
@@ -166,28 +185,40 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
     result, as does resuming a finished run.
     """
     run_dir = Path(run_dir)
+    world, dev = join(resolve_device(device))
     config = load_config(run_dir)  # a clear error for a missing or foreign directory before locking it
     if epochs is not None:
         check_options_apply(config.model, ["epochs"])
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a whole number >= 0, got {epochs}")
-    with run_lock(run_dir):
-        remove_stale_temp_files(run_dir)
-        config = load_config(run_dir)
-        done, partly = run_progress(run_dir)
-        if epochs is not None and (epochs < done or (epochs == done and partly)):
-            where = f"{done} of {config.epochs} epoch{'s' if config.epochs != 1 else ''} done"
+    done, partly = run_progress(run_dir)
+    if epochs is not None and (epochs < done or (epochs == done and partly)):
+        check_not_in_use(run_dir)  # a run training right now is reported as such, even for a no-op
+        where = f"{done} of {config.epochs} epoch{'s' if config.epochs != 1 else ''} done"
+        if world.main:
             log(f"{run_dir}: {where}{' and the next one begun' if partly else ''}; --epochs {epochs} would go "
                 f"back, so nothing changed" + ("" if done >= config.epochs and not partly else
                                                f" (continue with: vaelab train --resume {run_dir})"))
-            return _result_so_far(run_dir, config, done)
-        if epochs is not None and epochs != config.epochs:  # saved by _fit once the checkpoint has loaded
-            config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
-        dev = resolve_device(device)
-        data = data if data is not None else load_data(config, data_dir)
-        data.check()
-        check_data_size(config, len(data.train))
-        return _fit(config, run_dir, data=data, device=dev, resume=True, progress=progress, log=log)
+        return _result_so_far(run_dir, config, done)
+    if epochs is not None and epochs != config.epochs:  # saved by _fit once the checkpoint has loaded
+        config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
+    world.agree("configuration", config.to_dict())
+    _check_world(config, world)
+    data = data if data is not None else load_data(config, data_dir)
+    data.check()
+    check_data_size(config, len(data.train))
+    if not world.main:
+        world.outcome(None)
+        return _fit(config, run_dir, data=data, device=dev, world=world, resume=True, progress=False, log=_quiet)
+    with ExitStack() as claimed:
+        try:
+            claimed.enter_context(run_lock(run_dir))
+            remove_stale_temp_files(run_dir)
+        except BaseException as e:
+            world.outcome(e)
+            raise
+        world.outcome(None)
+        return _fit(config, run_dir, data=data, device=dev, world=world, resume=True, progress=progress, log=log)
 
 
 def _result_so_far(run_dir: Path, config: RunConfig, done: int) -> TrainResult:
@@ -198,11 +229,35 @@ def _result_so_far(run_dir: Path, config: RunConfig, done: int) -> TrainResult:
                        history, config.epochs)
 
 
-def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, resume: bool,
+def _check_world(config: RunConfig, world: World) -> None:
+    """The global batch is split evenly over the ranks: --batch-size must be a multiple of their number."""
+    if world.distributed and config.batch_size % world.size:
+        raise ConfigError(f"--batch-size {config.batch_size} does not split over {world.size} processes: use a "
+                          f"multiple of {world.size} (the global batch stays --batch-size; each rank takes its part)")
+
+
+def _quiet(message: str) -> None:
+    """Ranks other than 0 say nothing: rank 0 speaks for the run."""
+
+
+class _Step(nn.Module):
+    """The objective's per-example terms as a module, so that DistributedDataParallel sees a forward()."""
+
+    def __init__(self, model: nn.Module, objective: Callable, beta: float):
+        super().__init__()
+        self.model, self.objective, self.beta = model, objective, beta
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, x, beta=self.beta, noise=noise)
+
+
+def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, world: World, resume: bool,
          progress: bool | None, log: Callable[[str], None]) -> TrainResult:
     model = init_model(config, device)
     data = data.to(device)
     if isinstance(model, PCA):
+        if world.distributed:
+            raise ConfigError("PCA is fit in closed form in one process; run it without torchrun")
         return _fit_pca(config, run_dir, model, data, log)
     optimizer = make_optimizer(model, config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -212,15 +267,19 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
             log(f"{run_dir}: stopped before its first checkpoint; starting from epoch 1")
         else:
             state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
-        if config != load_config(run_dir):  # a new --epochs total; a failed resume leaves the file as it was
-            save_config(run_dir, config)
-        write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
-    objective = OBJECTIVES[config.objective]
+        if world.main:
+            if config != load_config(run_dir):  # a new --epochs total; a failed resume leaves the file as it was
+                save_config(run_dir, config)
+            write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
+    step = _Step(model, OBJECTIVES[config.objective], config.beta)
+    if world.distributed:
+        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     n = len(data.train)
     n_batches = math.ceil(n / config.batch_size)
-    with _stop_on_sigint() as stop:
-        return _epochs(config, run_dir, model=model, optimizer=optimizer, generator=generator, state=state,
-                       data=data, objective=objective, n_batches=n_batches, stop=stop, progress=progress,
+    # Ctrl-C under torchrun ends every rank at once; the epoch checkpoints are what resumes there.
+    with (_stop_on_sigint() if not world.distributed else nullcontext(_StopRequest())) as stop:
+        return _epochs(config, run_dir, model=model, step=step, optimizer=optimizer, generator=generator,
+                       state=state, data=data, world=world, n_batches=n_batches, stop=stop, progress=progress,
                        log=log)
 
 
@@ -238,35 +297,42 @@ def _before_first_checkpoint(run_dir: Path) -> bool:
         return False
 
 
-def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator, state: dict, data: PixelData, objective: Callable,
-            n_batches: int, stop: _StopRequest, progress: bool | None,
+def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, data: PixelData,
+            world: World, n_batches: int, stop: _StopRequest, progress: bool | None,
             log: Callable[[str], None]) -> TrainResult:
     """The epoch loop of `_fit`, from `state` (possibly a mid-epoch checkpoint) to `config.epochs`."""
     n, device = len(data.train), data.train.device
+    noisy = config.objective in LOG_VARIANCE  # a VAE: one standard normal draw per image and code unit
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
         first = state.pop("batch", 0)  # batches of this epoch done before a Ctrl-C checkpoint
         partial = state.pop("epoch_tensors", None)
-        if partial is not None:
-            perm, sums = partial["perm"].to(device), partial["sums"].to(device)
+        if partial is not None:  # the sums are the whole batch's: rank 0 carries them, the others add to zero
+            perm, sums = partial["perm"].to(device), partial["sums"].to(device) * world.main
         else:
             perm = torch.randperm(n, generator=generator, device=device)
             sums = torch.zeros(3, dtype=torch.float64, device=device)
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   file=sys.stderr, disable=None if progress is None else not progress)
+                   file=sys.stderr, disable=(None if progress is None else not progress) if world.main else True)
         for i in range(first, n_batches):
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+            # Every rank draws the whole global batch's binarization and noise (the generator stays in
+            # step with one process's), then takes its own part of the batch.
             x = data.train_batch(idx, generator)  # (B, P)
-            terms = objective(model, x, beta=config.beta, generator=generator)
-            loss = terms["loss"].mean()
-            if not torch.isfinite(loss):
+            noise = (torch.randn(len(idx), config.latent_dim, generator=generator, device=device)
+                     if noisy else None)  # (B, D)
+            terms = step(world.shard(x), None if noise is None else world.shard(noise))
+            # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
+            loss = terms["loss"].sum() / (len(idx) / world.size)
+            if not world.all_true(bool(torch.isfinite(loss)), device):
                 bar.close()
                 raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i + 1} of "
                                          f"{n_batches}; {_what_is_left(run_dir, state)}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with world.collective("averaging gradients"):
+                loss.backward()
             optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
@@ -281,7 +347,7 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: to
                 raise TrainingInterrupted(f"interrupted at epoch {epoch}, step {i + 1} of {n_batches}; saved "
                                           f"{path}. Resume with: vaelab train --resume {run_dir}")
         bar.close()
-        train_means = (sums / n).tolist()
+        train_means = (world.sum(sums) / n).tolist()
         valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
         if not math.isfinite(valid["loss"]):
             raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch}; "
@@ -292,15 +358,18 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: to
                   **{f"valid_{k}": v for k, v in valid.items()}}
         state["history"].append(record)
         state["epoch"] = epoch
-        with _saving(epoch, run_dir):
-            if valid["loss"] < state["best_valid_loss"]:
-                state["best_valid_loss"], state["best_epoch"] = valid["loss"], epoch
-                save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
-            save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
-            write_metrics(run_dir, state["history"])
-            seconds = time.perf_counter() - started
-            # Wall time is kept apart so that metrics.jsonl stays deterministic.
-            append_timing(run_dir, {"epoch": epoch, "seconds": round(seconds, 3)})
+        improved = valid["loss"] < state["best_valid_loss"]
+        if improved:
+            state["best_valid_loss"], state["best_epoch"] = valid["loss"], epoch
+        if world.main:  # rank 0 alone writes; every rank keeps the same state
+            with _saving(epoch, run_dir):
+                if improved:
+                    save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
+                save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
+                write_metrics(run_dir, state["history"])
+                # Wall time is kept apart so that metrics.jsonl stays deterministic.
+                append_timing(run_dir, {"epoch": epoch, "seconds": round(time.perf_counter() - started, 3)})
+        seconds = time.perf_counter() - started
         log(f"epoch {epoch}/{config.epochs}  train loss {train_means[0]:.2f}  valid loss {valid['loss']:.2f} "
             f"nats/image  ({seconds:.1f} s)")
         if stop.requested:

@@ -491,3 +491,13 @@ def test_a_run_without_a_finished_epoch_says_so_and_whether_it_is_in_use(command
     code, _, err = run_cli(argv)
     assert code == 2
     assert_one_clear_line(err, f"{run} has no finished epoch yet", f"vaelab train --resume {run}")
+
+
+@pytest.mark.parametrize("output", ["page.png", "page"])
+def test_explore_refuses_an_output_that_is_not_html_before_any_work(output, run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = files(tmp_path)
+    code, _, err = run_cli(["explore", run, "-o", output])
+    assert code == 2
+    assert_one_clear_line(err, f"{output}: the explorer writes an HTML page; end the file name in .html")
+    assert files(tmp_path) == before
