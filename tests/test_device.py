@@ -34,3 +34,12 @@ def test_missing_accelerators_are_named(monkeypatch):
         vdevice.resolve_device("cuda")
     with pytest.raises(ValueError, match="MPS is not available"):
         vdevice.resolve_device("mps")
+
+
+def test_native_bfloat16_follows_the_cpu_flags(monkeypatch):
+    cpu = torch.device("cpu")
+    for flags, native in (({"avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                          (set(), False)):
+        monkeypatch.setattr(vdevice, "cpu_flags", lambda flags=flags: flags)
+        assert vdevice.native_bfloat16(cpu) is native
+    assert vdevice.native_bfloat16(torch.device("mps")) is False

@@ -1,6 +1,7 @@
 """Training: learning happens, checkpoints and metrics are written, resume is bit-exact, a
 non-finite loss stops cleanly. Tiny models on fake data."""
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import FAKE_VALID
 from vaelab import training
 from vaelab.checkpoint import checkpoint_paths, load_tensors
-from vaelab.config import RunConfig
+from vaelab.config import ConfigError, RunConfig
 from vaelab.data import load_data
 from vaelab.runfiles import read_metrics
 from vaelab.training import NonFiniteLossError, resume, train
@@ -101,3 +102,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     assert result.epochs_done == 3
     train(config, tmp_path / "clean", data_dir=fake_mnist, progress=False, log=quiet)
     assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "clean" / "metrics.jsonl").read_bytes()
+
+
+def test_bfloat16_trains_where_native_and_is_refused_elsewhere(fake_mnist, tmp_path, monkeypatch):
+    config = RunConfig(model="vae", objective="elbo", latent_dim=2, hidden=(32, 16), epochs=1, batch_size=50,
+                       valid_size=FAKE_VALID, precision="bfloat16")
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: False)
+    with pytest.raises(ConfigError, match="needs native bfloat16"):
+        train(config, tmp_path / "emulated", data_dir=fake_mnist, progress=False, log=quiet)
+    assert not (tmp_path / "emulated").exists()
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: True)
+    calls = []
+    real_autocast = torch.autocast
+
+    def recording_autocast(*args, **kwargs):
+        calls.append(kwargs.get("enabled", True) and kwargs.get("dtype"))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(training.torch, "autocast", recording_autocast)
+    result = train(config, tmp_path / "bf16", data_dir=fake_mnist, progress=False, log=quiet)
+    assert set(calls) == {torch.bfloat16} and math.isfinite(result.best_valid_loss)
+    float32 = train(dataclasses.replace(config, precision="float32"), tmp_path / "fp32", data_dir=fake_mnist,
+                    progress=False, log=quiet)
+    assert result.best_valid_loss != float32.best_valid_loss  # the autocast did change the arithmetic

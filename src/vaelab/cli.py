@@ -112,7 +112,7 @@ def _options(version: Annotated[bool, typer.Option("--version", is_eager=True, c
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", click_type=PATH,
     help="Data root holding MNIST/raw/; when given, the only place looked at (else $VAELAB_DATA, then the cache).")]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | mps")]
 RunDir = Annotated[Path, typer.Argument(click_type=PATH, help="A run directory made by `vaelab train`")]
 D = RunConfig()  # the defaults, shown in --help (the options default to None so --resume can refuse them)
 
@@ -139,6 +139,9 @@ def train(
     seed: Annotated[int | None, typer.Option(click_type=WHOLE, help=f"Random seed  [default: {D.seed}]")] = None,
     valid_size: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="float32 | bfloat16: bfloat16 autocast for training's matmuls, where the CPU (AVX-512 BF16, AMX) or "
+             f"GPU computes it natively  [default: {D.precision}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option(click_type=PATH, help="New run directory: new or empty  "
@@ -150,7 +153,7 @@ def train(
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
-             "seed": seed, "valid_size": valid_size}
+             "seed": seed, "valid_size": valid_size, "precision": precision}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:

@@ -16,6 +16,7 @@ MODELS = ("pca", "autoencoder", "vae")
 OBJECTIVES = ("paper", "elbo", "reconstruction", "squared-error")
 BINARIZE = ("dynamic", "none")
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
+PRECISIONS = ("float32", "bfloat16")
 
 # The objective each model trains on when none is given; a VAE defaults to the paper's eq. (2)-(3).
 DEFAULT_OBJECTIVE = {"pca": "squared-error", "autoencoder": "reconstruction", "vae": "paper"}
@@ -24,8 +25,8 @@ ALLOWED_OBJECTIVES = {"pca": ("squared-error",), "autoencoder": ("reconstruction
 # Settings a model does not use, and why: giving one of them explicitly is refused (`check_options_apply`)
 # rather than recorded in config.json as if it had mattered.
 UNUSED = {
-    "pca": (("epochs", "batch_size", "lr", "beta", "hidden"), "a pca model is fit in closed form, with no "
-            "epochs, minibatches, learning rate, regulariser or hidden layers"),
+    "pca": (("epochs", "batch_size", "lr", "beta", "hidden", "precision"), "a pca model is fit in closed form "
+            "(in float64), with no epochs, minibatches, learning rate, regulariser, hidden layers or autocast"),
     "autoencoder": (("beta",), "the autoencoder trains on reconstruction alone, with no regulariser to weigh"),
 }
 
@@ -53,6 +54,7 @@ class RunConfig:
     eval_seed: int = 1234  # fixed seed: binarizes validation/test once, draws the validation noise
     valid_size: int = 10000  # the last images of the official training set held out for validation
     n_pixels: int = 784  # 28 x 28 input images
+    precision: str = "float32"  # "bfloat16": training's matmuls under bfloat16 autocast (native bf16 only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -82,6 +84,7 @@ def check(c: RunConfig) -> None:
     choice("objective", c.objective, OBJECTIVES)
     choice("binarize mode", c.binarize, BINARIZE)
     choice("dataset", c.dataset, DATASETS)
+    choice("precision", c.precision, PRECISIONS)
     if c.objective not in ALLOWED_OBJECTIVES[c.model]:
         raise ConfigError(
             f"model {c.model!r} cannot train on objective {c.objective!r}; "

@@ -1,6 +1,9 @@
-"""Choosing the device: `auto` takes CUDA, then Apple's MPS, then the CPU."""
+"""Choosing the device: `auto` takes CUDA, then Apple's MPS, then the CPU; and whether it computes
+bfloat16 natively."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -34,3 +37,24 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}") from None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False

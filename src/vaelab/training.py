@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, load_data
-from .device import resolve_device
+from .device import native_bfloat16, resolve_device
 from .distributed import World, join
 from .models import PCA, init_model
 from .objectives import LOG_VARIANCE, OBJECTIVES, evaluate_objective
@@ -144,6 +144,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     world, dev = join(resolve_device(device))  # under torchrun: this rank's place and device
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
+    _check_precision(config, dev)
     if world.main:
         try:
             check_new_run_dir(out, allowed=keep)  # a run still training there is reported as in use
@@ -204,6 +205,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
         config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
+    _check_precision(config, dev)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
     check_data_size(config, len(data.train))
@@ -227,6 +229,12 @@ def _result_so_far(run_dir: Path, config: RunConfig, done: int) -> TrainResult:
     best = min(history, key=lambda r: r["valid_loss"], default=None)  # the first of equals, as training picks
     return TrainResult(run_dir, done, best["epoch"] if best else None, best["valid_loss"] if best else math.inf,
                        history, config.epochs)
+
+
+def _check_precision(config: RunConfig, device: torch.device) -> None:
+    if config.precision == "bfloat16" and not native_bfloat16(device):
+        raise ConfigError(f"--precision bfloat16 needs native bfloat16 (a CPU with AVX-512 BF16 or AMX, or a GPU); "
+                          f"this {device.type} would emulate it, slower than float32: use --precision float32")
 
 
 def _check_world(config: RunConfig, world: World) -> None:
@@ -323,7 +331,8 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
             x = data.train_batch(idx, generator)  # (B, P)
             noise = (torch.randn(len(idx), config.latent_dim, generator=generator, device=device)
                      if noisy else None)  # (B, D)
-            terms = step(world.shard(x), None if noise is None else world.shard(noise))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                terms = step(world.shard(x), None if noise is None else world.shard(noise))
             # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
             loss = terms["loss"].sum() / (len(idx) / world.size)
             if not world.all_true(bool(torch.isfinite(loss)), device):
