@@ -57,7 +57,10 @@ def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tup
                 running[process.sentinel] = (i, process, receive)
             for sentinel in multiprocessing.connection.wait(list(running)):
                 i, process, receive = running.pop(sentinel)
-                outcome = receive.recv() if receive.poll() else None
+                try:
+                    outcome = receive.recv() if receive.poll() else None
+                except EOFError:  # died without sending: a closed pipe also polls as readable
+                    outcome = None
                 process.join()
                 receive.close()
                 if outcome is None:
