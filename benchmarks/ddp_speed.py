@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,19 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_speed import cpu_model
 from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.runfiles import read_metrics
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train(command: list[str], out: Path, env: dict) -> float:

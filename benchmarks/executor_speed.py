@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ddp_speed import cpu_model
+from train_speed import cpu_model
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ def test_train_speed_prints_both_times_the_ratio_and_the_matmul_share(fake_mnist
     assert re.search(r"vaelab trainer, batch 512: +[\d.]+ s/epoch .* -> [\d.]+x faster \(vaelab's default\)", out)
     assert re.search(r"vaelab trainer, batch 128: +[\d.]+ s/epoch .* -> [\d.]+x faster\n", out)
     assert re.search(r"-> \d+% of torch\.matmul, \d+% of the faster matmul", out), out
+    assert re.search(r"^.+, \d+ cores; torch .+, \d+ threads;", out, re.M), out  # the CPU it measured
+    assert re.search(r"linear kernel: (onednn|torch) \(probe: torch [\d.]+ ms, oneDNN ([\d.]+ ms|n/a)\)", out), out
 
 
 def test_defaults_sweep_prints_one_row_per_cell(fake_mnist, monkeypatch, capsys):

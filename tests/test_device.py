@@ -38,8 +38,8 @@ def test_missing_accelerators_are_named(monkeypatch):
 
 def test_native_bfloat16_follows_the_cpu_flags(monkeypatch):
     cpu = torch.device("cpu")
-    for flags, native in (({"avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
-                          (set(), False)):
+    cases = (({"avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True), (set(), False))
+    for flags, native in cases:
         monkeypatch.setattr(vdevice, "cpu_flags", lambda flags=flags: flags)
         assert vdevice.native_bfloat16(cpu) is native
     assert vdevice.native_bfloat16(torch.device("mps")) is False

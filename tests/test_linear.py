@@ -8,6 +8,12 @@ from vaelab import linear
 from vaelab.linear import Linear, onednn_available
 
 
+@pytest.fixture(autouse=True)
+def onednn_kernel(monkeypatch):
+    """These tests check the oneDNN path itself: use it whatever this machine's probe prefers."""
+    monkeypatch.setenv(linear.KERNEL_ENV, "onednn")
+
+
 def _grads(layer: torch.nn.Linear, x: torch.Tensor, upstream: torch.Tensor, forward) -> tuple[torch.Tensor, ...]:
     x = x.clone().requires_grad_(True)
     layer.zero_grad(set_to_none=True)
@@ -116,3 +122,32 @@ def test_a_torch_whose_onednn_op_fails_falls_back_to_nn_linear(monkeypatch):
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
     finally:
         linear.onednn_available.cache_clear()
+
+
+def test_the_probe_takes_onednn_only_when_clearly_faster(monkeypatch):
+    monkeypatch.delenv(linear.KERNEL_ENV)
+    for torch_s, onednn_s, expected in ((2.0, 1.0, "onednn"), (1.2, 1.0, "torch"), (0.95, 1.0, "torch"),
+                                        (1.0, None, "torch")):
+        monkeypatch.setattr(linear, "probe", lambda t=torch_s, o=onednn_s: {"torch": t, "onednn": o})
+        assert linear.preferred_kernel() == expected
+    monkeypatch.setenv(linear.KERNEL_ENV, "torch")
+    assert linear.preferred_kernel() == "torch"  # the override wins over the probe
+    monkeypatch.setenv(linear.KERNEL_ENV, "mkl")
+    with pytest.raises(ValueError, match="VAELAB_LINEAR must be one of onednn, torch"):
+        linear.preferred_kernel()
+
+
+def test_the_probe_times_both_kernels_once():
+    timed = linear.probe()
+    assert timed is linear.probe() and timed["torch"] > 0
+    assert (timed["onednn"] is None) != onednn_available()
+
+
+def test_a_layer_set_to_torch_never_calls_onednn(monkeypatch):
+    model = torch.nn.Sequential(Linear(50, 40), torch.nn.ReLU(), Linear(40, 40))
+    linear.set_kernel(model, "torch")
+    calls = _counting_onednn_calls(monkeypatch)
+    model(torch.randn(6, 50)).sum().backward()
+    assert calls == [] and all(layer.kernel == "torch" for layer in model if isinstance(layer, Linear))
+    with pytest.raises(ValueError, match="unknown linear kernel"):
+        linear.set_kernel(model, "mkl")

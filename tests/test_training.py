@@ -125,3 +125,17 @@ def test_bfloat16_trains_where_native_and_is_refused_elsewhere(fake_mnist, tmp_p
     float32 = train(dataclasses.replace(config, precision="float32"), tmp_path / "fp32", data_dir=fake_mnist,
                     progress=False, log=quiet)
     assert result.best_valid_loss != float32.best_valid_loss  # the autocast did change the arithmetic
+
+
+def test_a_run_keeps_its_linear_kernel_on_resume(fake_mnist, tmp_path, monkeypatch):
+    """Resumed under another preferred kernel, a run keeps the one it started with: same bytes as one go."""
+    config = RunConfig(model="vae", objective="paper", latent_dim=2, hidden=(64, 32), epochs=1, batch_size=50,
+                       valid_size=FAKE_VALID)
+    monkeypatch.setenv("VAELAB_LINEAR", "torch")
+    train(config, tmp_path / "split", data_dir=fake_mnist, progress=False, log=quiet)
+    train(dataclasses.replace(config, epochs=2), tmp_path / "whole", data_dir=fake_mnist, progress=False, log=quiet)
+    monkeypatch.setenv("VAELAB_LINEAR", "onednn")
+    resume(tmp_path / "split", epochs=2, data_dir=fake_mnist, progress=False, log=quiet)
+    newest = [checkpoint_paths(tmp_path / name)[0] for name in ("split", "whole")]
+    assert load_tensors(newest[0])[1]["state"]["linear_kernel"] == "torch"
+    assert newest[0].read_bytes() == newest[1].read_bytes()

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import RunConfig
 from .device import resolve_device
+from .linear import KERNELS, set_kernel
 from .models import init_model
 from .runfiles import (
     CHECKPOINT_DIR,
@@ -227,6 +228,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "auto") -> tu
     if bad:
         raise CheckpointError(f"{path}: {bad[0]} holds NaN or infinity; this run has no usable result, train it "
                               "again")
+    if meta.get("linear_kernel") in KERNELS:  # the kernel it was validated with: `evaluate` repeats its numbers
+        set_kernel(model, meta["linear_kernel"])
     model.eval()
     return model, config, meta
 

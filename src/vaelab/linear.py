@@ -1,15 +1,20 @@
-"""nn.Linear whose float32 CPU matmuls (forward and backward) run through oneDNN instead of MKL.
+"""nn.Linear whose float32 CPU matmuls (forward and backward) can run through oneDNN instead of MKL.
 
 Why: torch's CPU linear layer calls MKL's sgemm, which on AMD CPUs takes a generic path; on the
 2-core AMD EPYC (Zen 5) this project is measured on, oneDNN's float32 kernels run the MLP's matmuls
-at about 2x the rate (benchmarks/train_speed.py prints both). The arithmetic stays float32 (no
-reduced-precision mode is asked for); only the summation order differs from MKL's. Anything else
-(CUDA, float64, autocast, oneDNN switched off or missing) takes plain nn.Linear.
+at about 2x the rate. On an Intel Xeon (Sapphire Rapids) oneDNN measured 0.95x MKL. So the kernel is
+chosen by measurement, not by vendor: `preferred_kernel` times both once per process at the MLP's
+shape and takes oneDNN only when it is clearly faster (ONEDNN_MARGIN); a run records the kernel it
+started with and keeps it on --resume (the summation order, and so the last bits, follow the kernel).
+The arithmetic stays float32 either way. Anything else (CUDA, float64, autocast, oneDNN switched off
+or missing) takes plain nn.Linear. $VAELAB_LINEAR=onednn|torch overrides the probe.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,12 @@ from torch.autograd.function import once_differentiable
 # Thinner layers (the code layers, e.g. 256 -> 2·z) stay on MKL: oneDNN's fixed cost of ~20 µs per
 # call exceeds MKL's whole product there (measured at batch 128-512).
 ONEDNN_MIN_WIDTH = 32
+KERNELS = ("onednn", "torch")
+KERNEL_ENV = "VAELAB_LINEAR"
+# oneDNN is taken only when the probe finds it this much faster: far from both measured families
+# (AMD EPYC Zen 5: ~2x; Intel Sapphire Rapids: 0.95x), so a noisy probe does not flip the choice.
+ONEDNN_MARGIN = 1.3
+PROBE_SHAPE = (512, 784, 512)  # batch x in x out: the default MLP's widest layer at the default batch
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,6 +47,50 @@ def onednn_available() -> bool:
     except (AttributeError, NotImplementedError, RuntimeError):  # op missing, or no kernel for this CPU
         return False
     return True
+
+
+def _best_seconds(fn, reps: int = 7) -> float:
+    fn()  # warm-up (first-call set-up, caches)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@functools.cache
+def probe() -> dict:
+    """Seconds of one float32 product at PROBE_SHAPE by torch's F.linear and by oneDNN (best of several),
+    timed once per process; {"torch": s, "onednn": s or None where oneDNN cannot run}."""
+    m, k, n = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((m, k), (n, k), (n,)))
+    result = {"torch": _best_seconds(lambda: F.linear(x, w, b)), "onednn": None}
+    if onednn_available():
+        result["onednn"] = _best_seconds(lambda: onednn_linear(x, w, b))
+    return result
+
+
+def preferred_kernel() -> str:
+    """"onednn" or "torch" for float32 CPU layers in this process: $VAELAB_LINEAR if set, else the probe."""
+    chosen = os.environ.get(KERNEL_ENV, "").strip()
+    if chosen:
+        if chosen not in KERNELS:
+            raise ValueError(f"${KERNEL_ENV} must be one of {', '.join(KERNELS)}, got {chosen!r}")
+        return chosen if chosen == "torch" or onednn_available() else "torch"
+    timed = probe()
+    faster = timed["onednn"] is not None and timed["torch"] >= ONEDNN_MARGIN * timed["onednn"]
+    return "onednn" if faster else "torch"
+
+
+def set_kernel(model: nn.Module, kernel: str) -> None:
+    """Make every vaelab Linear in `model` use `kernel` ("onednn" where it applies, or "torch")."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown linear kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
+    for layer in model.modules():
+        if isinstance(layer, Linear):
+            layer.kernel = kernel
 
 
 class _OneDnnLinear(torch.autograd.Function):
@@ -59,7 +114,10 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """Drop-in nn.Linear (same parameters, same initialisation, same state_dict keys)."""
+    """Drop-in nn.Linear (same parameters, same initialisation, same state_dict keys). `kernel`:
+    "onednn" or "torch" (set_kernel); None (a model nobody set) follows `preferred_kernel()`."""
+
+    kernel: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._onednn_applies(x):
@@ -73,4 +131,5 @@ class Linear(nn.Linear):
                 and min(self.in_features, self.out_features) >= ONEDNN_MIN_WIDTH
                 and torch.backends.mkldnn.enabled  # torch.backends.mkldnn.flags(enabled=False) is obeyed
                 and not torch.is_autocast_enabled("cpu")  # autocast picks its own dtype for F.linear
-                and onednn_available())
+                and onednn_available()
+                and (self.kernel or preferred_kernel()) == "onednn")

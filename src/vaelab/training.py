@@ -41,6 +41,7 @@ from .config import ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, load_data
 from .device import native_bfloat16, resolve_device
 from .distributed import World, join
+from .linear import preferred_kernel, set_kernel
 from .models import PCA, init_model
 from .objectives import LOG_VARIANCE, OBJECTIVES, evaluate_objective
 from .runfiles import (
@@ -269,16 +270,20 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
         return _fit_pca(config, run_dir, model, data, log)
     optimizer = make_optimizer(model, config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf}
+    state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf,
+             "linear_kernel": preferred_kernel()}
     if resume:
         if _before_first_checkpoint(run_dir):  # starting over is exact: everything is seeded
             log(f"{run_dir}: stopped before its first checkpoint; starting from epoch 1")
         else:
             state = load_training_state(run_dir, model=model, optimizer=optimizer, generator=generator)
+            state.setdefault("linear_kernel", "onednn")  # what runs before the probe used where it applied
         if world.main:
             if config != load_config(run_dir):  # a new --epochs total; a failed resume leaves the file as it was
                 save_config(run_dir, config)
             write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
+    # The run keeps the kernel it started with: a resumed run sums in the same order, to the last bit.
+    set_kernel(model, state["linear_kernel"])
     step = _Step(model, OBJECTIVES[config.objective], config.beta)
     if world.distributed:
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
@@ -373,7 +378,8 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
         if world.main:  # rank 0 alone writes; every rank keeps the same state
             with _saving(epoch, run_dir):
                 if improved:
-                    save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"]})
+                    save_model(run_dir, model, {"kind": "model", "epoch": epoch, "valid_loss": valid["loss"],
+                                                "linear_kernel": state["linear_kernel"]})
                 save_training_state(run_dir, model=model, optimizer=optimizer, generator=generator, state=state)
                 write_metrics(run_dir, state["history"])
                 # Wall time is kept apart so that metrics.jsonl stays deterministic.

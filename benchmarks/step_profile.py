@@ -1,0 +1,80 @@
+"""Where a training epoch's time goes: torch.profiler over vaelab's own trainer, ops grouped by role.
+
+Run on demand (not in CI):  VAELAB_DATA=../shared/data .venv/bin/python benchmarks/step_profile.py
+Trains the default VAE (paper objective, latent 2) for --epochs epochs under the profiler and prints,
+for the last epoch, the CPU time of each group of operators (self time, so nothing is counted twice)
+as seconds and as a share: the matmuls (forward and backward), the binarization draw, the noise draw,
+the loss's elementwise work (forward and backward), the optimizer, validation, checkpoint writes, and
+the rest (Python and framework overhead: wall time minus all operator time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from train_speed import cpu_model
+from vaelab.config import RunConfig
+from vaelab.data import load_data
+from vaelab.linear import preferred_kernel
+from vaelab.training import train
+
+# operator name fragments -> group (first match wins; names are torch's aten / mkldnn operators)
+GROUPS = [
+    ("matmuls", ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear", "aten::matmul",
+                 "aten::bmm")),
+    ("optimizer (Adam)", ("_fused_adam", "aten::_foreach", "Optimizer.step", "aten::adam")),
+    ("binarization draw (rand < p)", ("aten::uniform_", "aten::rand", "aten::lt")),
+    ("noise draw (randn)", ("aten::normal_", "aten::randn")),
+    ("loss elementwise (BCE, penalty, sums)", ("binary_cross_entropy", "aten::exp", "aten::sum", "aten::mul",
+                                               "aten::add", "aten::sub", "aten::pow", "aten::square", "aten::softplus",
+                                               "aten::log", "aten::div", "aten::neg", "aten::sigmoid",
+                                               "aten::clamp", "aten::mean", "aten::rsub")),
+    ("activations (ReLU fwd/bwd)", ("aten::relu", "aten::threshold", "aten::clamp_min")),
+    ("batch gather and copies", ("aten::index", "aten::copy_", "aten::cat", "aten::stack", "aten::to",
+                                 "aten::contiguous", "aten::clone", "aten::empty", "aten::zeros", "aten::fill_")),
+]
+
+
+def group_of(name: str) -> str:
+    for group, fragments in GROUPS:
+        if any(f in name for f in fragments):
+            return group
+    return "other operators"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", default="float32")
+    args = parser.parse_args()
+    config = dataclasses.replace(RunConfig(), epochs=args.epochs, precision=args.precision)
+    data = load_data(config, args.data_dir)
+    print(f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"linear kernel {preferred_kernel()}; precision {config.precision}; batch {config.batch_size}, hidden "
+          f"{','.join(map(str, config.hidden))}, {len(data.train)} training images")
+    with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
+        wall = time.perf_counter() - started
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        totals[group_of(event.key)] = totals.get(group_of(event.key), 0.0) + event.self_cpu_time_total / 1e6
+    # threads run operators in parallel, so operator time can exceed wall time; shares are of operator time
+    op_total = sum(totals.values())
+    print(f"{args.epochs} epochs (validation and checkpoints included): {wall:.2f} s wall, {op_total:.2f} s of "
+          "operator self time (summed over threads)")
+    for group, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {group:40} {seconds:7.2f} s  {seconds / op_total:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
