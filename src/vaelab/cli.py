@@ -29,6 +29,7 @@ from .config import (
     ConfigError,
     RunConfig,
     parse_hidden,
+    parse_image_size,
 )
 from .data import DataError
 from .runfiles import CheckpointError
@@ -80,8 +81,26 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help=f"Minibatch size  [default: {D.batch_size}]")] = None,
     lr: Annotated[float | None, typer.Option(help=f"Adam learning rate  [default: {D.lr}]")] = None,
     beta: Annotated[float | None, typer.Option(help=f"Weight on the regulariser  [default: {D.beta:g}]")] = None,
-    binarize: Annotated[str | None, typer.Option(help=f"dynamic | none  [default: {D.binarize}]")] = None,
-    dataset: Annotated[str | None, typer.Option(help=f"mnist | fashion-mnist | kmnist  [default: {D.dataset}]")] = None,
+    binarize: Annotated[str | None, typer.Option(
+        help="dynamic | none  [default: dynamic for the bernoulli likelihood, none for the others]")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help=f"mnist | fashion-mnist | kmnist | folder:PATH (image files) | npz:PATH (.npz with x, y; or .npy)  "
+        f"[default: {D.dataset}]")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"mlp | conv  [default: {D.arch}]")] = None,
+    likelihood: Annotated[str | None, typer.Option(
+        help="p(x|z) per pixel: bernoulli (binary pixels) | continuous-bernoulli | gaussian (intensities in "
+        f"[0, 1])  [default: {D.likelihood}]")] = None,
+    channels: Annotated[int | None, typer.Option(
+        help="folder/npz: 1 (grey) or 3 (colour)  [default: 1 if every image is grey, else 3]")] = None,
+    image_size: Annotated[str | None, typer.Option(
+        help="folder/npz: resize to HxW, e.g. 32x32  [default: the images' common size]")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(
+        help=f"folder/npz: share held out for validation, drawn with --seed  [default: {D.valid_fraction}]")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        help=f"folder/npz: share held out for test (unless train/ and test/ folders)  "
+        f"[default: {D.test_fraction}]")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="folder: skip files that are not images or are truncated (and say how many)")] = False,
     seed: Annotated[int | None, typer.Option(help=f"Random seed  [default: {D.seed}]")] = None,
     valid_size: Annotated[int | None, typer.Option(
         help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
@@ -95,7 +114,9 @@ def train(
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
-             "seed": seed, "valid_size": valid_size}
+             "seed": seed, "valid_size": valid_size, "arch": arch, "likelihood": likelihood, "channels": channels,
+             "image_size": image_size, "valid_fraction": valid_fraction, "test_fraction": test_fraction,
+             "skip_bad": skip_bad or None}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:
@@ -110,6 +131,8 @@ def train(
         values.update(model=kind, objective=objective or DEFAULT_OBJECTIVE.get(kind, "paper"))
         if hidden is not None:
             values["hidden"] = parse_hidden(hidden)
+        if image_size is not None:
+            values["image_size"] = parse_image_size(image_size)
         if epochs is not None:
             values["epochs"] = epochs
         config = RunConfig(**values)
@@ -144,12 +167,15 @@ def evaluate(
         raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")
     result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=estimators or None,
                           k=k if k is not None else IWAE_K, iwae_images=iwae_images, classifier=classifier)
-    typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image:")
-    typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}")
+    pixels = result.get("pixel_likelihood")
+    typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image"
+               + (f"; nats under the {pixels['description']} likelihood:" if pixels else ":"))
+    typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}"
+               + (f" {'bits/dim':>10}" if pixels else ""))
     for split in ("valid", "test"):
         r = result[split]
         typer.echo(f"  {split:6} {r['loss']:10.3f} {r['reconstruction']:10.3f} {r['regularizer']:10.3f} "
-                   f"{r['squared_error']:10.3f}")
+                   f"{r['squared_error']:10.3f}" + (f" {r['bits_per_dim']:10.4f}" if pixels else ""))
     if estimators:
         from .likelihood import summary_lines
 
@@ -175,8 +201,9 @@ def sample(
     from .figures import image_grid
     from .models import sample_images
 
-    model, _, _ = load_trained(run_dir, device)
-    image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
+    model, config, _ = load_trained(run_dir, device)
+    image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16),
+               shape=config.image_shape or (1, 28, 28))
     typer.echo(f"wrote {n} samples to {output}")
 
 

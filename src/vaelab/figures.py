@@ -1,7 +1,8 @@
 """Figures as PNG files, one function per figure; matplotlib's object API only (no pyplot state).
 
 The report's figures (`FIGURES`) take arrays already computed from the runs (codes, decodes) and a
-path; `vaelab.reproduce.make_figures` computes the arrays. Images are (N, 784) in [0, 1].
+path; `vaelab.reproduce.make_figures` computes the arrays. Images are (N, 784) in [0, 1] (MNIST's
+experiment); `image_grid` (`vaelab sample`) takes any (C, H, W).
 """
 
 from __future__ import annotations
@@ -40,17 +41,21 @@ def figure_number(name: str) -> int:
 DIGIT_COLORS = "tab10"  # one colour per digit class in the latent-space figure
 
 
-def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: int = 2) -> np.ndarray:
-    """(N, side*side) images in [0, 1] -> one (rows*(side+pad)+pad, nrow*(side+pad)+pad) array."""
+def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: int = 2,
+         shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Images in [0, 1] -> one array of them in rows of `nrow`, `pad` pixels apart.
+
+    (N, side·side) grey squares -> (rows·(side+pad)+pad, nrow·(side+pad)+pad); with `shape` (C, H, W),
+    (N, C·H·W) images -> (rows·(H+pad)+pad, nrow·(W+pad)+pad), with a trailing axis of 3 for colour."""
     images = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images, dtype=np.float32)
-    images = images.reshape(-1, side, side)
+    c, h, w = shape or (1, side, side)
+    images = images.reshape(-1, c, h, w).transpose(0, 2, 3, 1)  # (N, H, W, C)
     rows = math.ceil(len(images) / nrow)
-    grid = np.ones((rows * (side + pad) + pad, nrow * (side + pad) + pad), dtype=np.float32)
+    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.float32)
     for k, img in enumerate(images):
-        r, c = divmod(k, nrow)
-        grid[pad + r * (side + pad): pad + r * (side + pad) + side,
-             pad + c * (side + pad): pad + c * (side + pad) + side] = img
-    return grid
+        r, col = divmod(k, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid[..., 0] if c == 1 else grid
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
@@ -64,12 +69,14 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
     atomic_write(Path(path), buffer.getvalue())
 
 
-def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 3) -> None:
-    """Save images (N, 784) in [0, 1] as a grid PNG, white digits on black tiles, `scale` pixels per pixel."""
-    grid = tile(images, nrow=nrow)
+def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 3,
+               shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+    """Save images (N, C·H·W) in [0, 1] of `shape` (C, H, W) as a grid PNG, `scale` pixels per pixel; grey
+    images white on black."""
+    grid = np.clip(tile(images, nrow=nrow, shape=shape), 0, 1)
     fig = Figure(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     save_figure(fig, path, dpi=100)
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from .checkpoint import checkpoint_paths, load_tensors, load_training_state, save_model, save_training_state
 from .config import RunConfig
-from .data import PixelData, load_data
+from .data import PixelData, load_data, with_source
 from .device import resolve_device
 from .models import PCA, init_model
-from .objectives import OBJECTIVES, evaluate_objective
+from .objectives import OBJECTIVES, bits_per_dim, evaluate_objective
 from .runfiles import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -136,6 +136,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     dev = resolve_device(device)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
+    config = with_source(config, data)  # a folder or array source: record its image shape and classes
     init_model(config, dev)  # sizes or a seed that cannot be used fail here, before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -277,11 +278,18 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, optimizer: to
             # Wall time is kept apart so that metrics.jsonl stays deterministic.
             append_timing(run_dir, {"epoch": epoch, "seconds": round(seconds, 3)})
         log(f"epoch {epoch}/{config.epochs}  train loss {train_means[0]:.2f}  valid loss {valid['loss']:.2f} "
-            f"nats/image  ({seconds:.1f} s)")
+            f"nats/image{_per_dim(config, valid['loss'])}  ({seconds:.1f} s)")
         if stop.requested:
             raise TrainingInterrupted(f"interrupted after epoch {epoch}; saved its checkpoint. "
                                       f"Resume with: vaelab train --resume {run_dir}")
     return TrainResult(run_dir, state["epoch"], state["best_epoch"], state["best_valid_loss"], state["history"])
+
+
+def _per_dim(config: RunConfig, nats: float) -> str:
+    """', 0.123 bits/dim (bernoulli)': the loss per dimension and the likelihood it is in; '' for PCA."""
+    if config.model == "pca":
+        return ""
+    return f", {bits_per_dim(nats, config.n_pixels):.4f} bits/dim ({config.likelihood})"
 
 
 @contextmanager
