@@ -117,7 +117,7 @@ def test_bad_files_are_named_or_skipped_and_counted(tmp_path, capsys):
     (root / "notes.png").write_text("this is not an image")
     splits = source_splits(f"folder:{root}", skip_bad=True)
     assert len(splits.train_x) + len(splits.valid_x) + len(splits.test_x) == 30
-    assert "skipped 2 bad files" in capsys.readouterr().out
+    assert "skipped 2 bad files" in capsys.readouterr().err
 
 
 def test_empty_folder_missing_folder_and_files_beside_class_folders(tmp_path):
@@ -143,7 +143,7 @@ def test_sixteen_bit_palette_and_alpha_images_are_converted_and_said_once(tmp_pa
     Image.fromarray(np.stack([grey[4]] * 3 + [np.full_like(grey[4], 128)], -1), "RGBA").save(root / "alpha.png")
     Image.fromarray(np.stack([grey[5], np.full_like(grey[5], 200)], -1), "LA").save(root / "grey_alpha.png")
     decoded = sources.read_source(f"folder:{root}", cache=None)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("16-bit images scaled to 8 bits") == 1 and "3 16-bit" in out
     assert out.count("palette images converted") == 1 and out.count("alpha dropped") == 1
     assert decoded.x.shape == (6, 1, 12, 10)  # all of them grey underneath
@@ -165,15 +165,15 @@ def test_the_cache_is_used_and_a_changed_folder_is_decoded_again(tmp_path, capsy
     root = tmp_path / "cached"
     paths = write_pngs(root, blobs(12))
     first = source_splits(f"folder:{root}")
-    assert "decoded 12 images" in capsys.readouterr().out
+    assert "decoded 12 images" in capsys.readouterr().err
     cached = list((tmp_path / "cache" / "sources").glob("*.npz"))
     assert len(cached) == 1 and not list(cached[0].parent.glob(".*tmp"))  # written atomically, no leftovers
     second = source_splits(f"folder:{root}")
-    assert "decoded copy from" in capsys.readouterr().out
+    assert "decoded copy from" in capsys.readouterr().err
     assert torch.equal(first.train_x, second.train_x) and first.fingerprint == second.fingerprint
     Image.fromarray(np.full((12, 10), 255, dtype=np.uint8)).save(paths[0])  # one file changes
     third = source_splits(f"folder:{root}")
-    assert "changed since it was cached" in capsys.readouterr().out
+    assert "changed since it was cached" in capsys.readouterr().err
     assert third.fingerprint != first.fingerprint
     assert 255 * 120 in torch.cat([third.train_x, third.valid_x, third.test_x]).int().sum(1).tolist()
 

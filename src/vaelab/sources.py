@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,14 +84,19 @@ def check_memory(what: str, n: int, shape: tuple[int, int, int]) -> None:
 
 def read_source(dataset: str, *, channels: int | None = None, image_size: tuple[int, int] | None = None,
                 skip_bad: bool = False, cache: Path | None = None,
-                log: Callable[[str], None] = print) -> Decoded:
+                log: Callable[[str], None] | None = None) -> Decoded:
     """Decode a 'folder:PATH' or 'npz:PATH' source (see the module docstring). `channels`: 1 or 3 (None:
     1 if every image is grey, else 3); `image_size`: (H, W) to resize to (None: the images' common size);
     `skip_bad`: skip files that are not images or are truncated; `cache`: folder for decoded copies."""
     kind, path = parse_source(dataset)
+    log = log or _stderr
     if kind == "folder":
         return read_folder(path, channels=channels, image_size=image_size, skip_bad=skip_bad, cache=cache, log=log)
     return read_arrays(path, channels=channels, image_size=image_size, log=log)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # --- folders of image files --------------------------------------------------------------------------
