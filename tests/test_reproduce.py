@@ -254,3 +254,12 @@ def test_report_embeds_every_figure_and_states_the_setup(quick):
         assert text in md, text
     for name in FIGURES:
         assert f"](figures/{name}.png)" in md
+
+
+def test_reproduce_refuses_your_own_images_with_a_clear_message(tmp_path):
+    from vaelab.config import RunConfig
+    from vaelab.reproduce import ReproduceError, make_settings, reproduce
+
+    with pytest.raises(ReproduceError, match="datasets known by name, not on folder:"):
+        reproduce(tmp_path / "report", settings=make_settings(quick=True), base=RunConfig(dataset=f"folder:{tmp_path}"))
+    assert not (tmp_path / "report").exists()

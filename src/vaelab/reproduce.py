@@ -372,6 +372,10 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
     out = Path(out)
     settings = settings or make_settings()
     base = base or RunConfig()
+    if base.is_source:  # its figures pick digits by class and its classifier and anchors are MNIST's
+        raise ReproduceError(f"reproduce runs the paper's experiment on the datasets known by name, not on "
+                             f"{base.dataset}; train, evaluate and sample your own images with vaelab train / "
+                             "evaluate / sample")
     specs = plan(settings, base)
     runs_dir = out / "runs"
     for spec in specs:  # refuse mismatched runs before any training starts
