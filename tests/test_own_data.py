@@ -159,6 +159,7 @@ def test_source_options_are_checked_and_fixed_on_resume(tmp_path, capsys):
         (["--dataset", "folder:x", "--channels", "2"], "channels must be 1 (grey) or 3"),
         (["--dataset", "npz:x.npz", "--likelihood", "poisson"], "unknown likelihood 'poisson'"),
         (["--arch", "transformer"], "unknown architecture 'transformer'"),
+        (["--channels", "3"], "channels: options of folder:PATH and npz:PATH sources, not of mnist"),
         (["--likelihood", "gaussian", "--binarize", "dynamic"], "binarized pixels are binary"),
     ]:
         code, out, err = run(["train", *argv, "--out", tmp_path / "r"], capsys)

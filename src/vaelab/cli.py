@@ -225,6 +225,12 @@ def reproduce(
                                                f"[default: {IWAE_K}; quick: {QUICK_IWAE_K}]")] = None,
     iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
                                                     f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="mnist | fashion-mnist | kmnist | folder:PATH | npz:PATH (your own images: no classifier scores)  "
+        f"[default: {D.dataset}]")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"mlp | conv  [default: {D.arch}]")] = None,
+    likelihood: Annotated[str | None, typer.Option(
+        help=f"bernoulli | continuous-bernoulli | gaussian  [default: {D.likelihood}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
@@ -235,7 +241,9 @@ def reproduce(
 
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)
-    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device)
+    choices = {"dataset": dataset, "arch": arch, "likelihood": likelihood}
+    base = RunConfig(**{k: v for k, v in choices.items() if v is not None})
+    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device, base=base)
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
 
 

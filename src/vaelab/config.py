@@ -136,6 +136,10 @@ def check(c: RunConfig) -> None:
             raise ConfigError(f"pixel count {c.n_pixels} does not match image shape {list(c.image_shape)}")
     if c.arch == "conv" and c.model != "pca" and c.image_shape is None and not c.is_source:
         raise ConfigError("the conv architecture needs the image shape (C, H, W); flat vectors take --arch mlp")
+    given = [name for name, value in (("channels", c.channels), ("image size", c.image_size),
+                                      ("skip bad", c.skip_bad or None)) if value is not None]
+    if given and not c.is_source:
+        raise ConfigError(f"{', '.join(given)}: options of folder:PATH and npz:PATH sources, not of {c.dataset}")
     if c.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (colour), got {c.channels!r}")
     if c.image_size is not None and (len(c.image_size) != 2 or any(v < 1 for v in c.image_size)):
