@@ -73,9 +73,10 @@ SPECS = {
     ),
     # Loads check the decompressed content, never the compression: a distribution that re-gzips the
     # files (Debian's dataset-fashion-mnist does) ships the same bytes under a different .gz sum.
-    # Fashion-MNIST's content sums are those of its official files, decompressed; KMNIST's publisher gives
-    # .gz sums only and none for the content could be found, so its loads get the structural checks
-    # (magic number, sizes) and only a download is checked by its .gz sum.
+    # Fashion-MNIST's content sums are those of its official files, decompressed (checked: Debian's
+    # dataset-fashion-mnist 0.0~git20200523.55506a9-1 has other .gz sums and exactly these contents).
+    # KMNIST's publisher gives .gz sums only and none for the content could be found, so its loads get
+    # the structural checks (magic number, sizes) and only a download is checked by its .gz sum.
     "fashion-mnist": DatasetSpec(
         "fashion-mnist", "FashionMNIST",
         _files(
