@@ -14,9 +14,10 @@ PACKAGE = Path(vaelab.__file__).parent
 
 # Bottom to top. Modules on one layer do not import each other.
 LAYERS = [
-    {"version", "config", "device", "linear", "progress", "distributed", "executors"},
-    {"data", "models", "objectives"},
-    {"runfiles"},
+    {"version", "config", "device", "linear", "progress", "distributed", "executors", "objectives"},
+    {"models", "runfiles"},
+    {"sources"},
+    {"data"},
     {"checkpoint"},
     {"training", "likelihood", "classifier"},
     {"evaluate"},
@@ -29,7 +30,8 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# Within layer 1 models imports linear (layer 0), and data, models, objectives stay apart.
+# models uses objectives' likelihood means; sources (your own images) writes its cache with runfiles'
+# atomic_write, and data dispatches to sources.
 
 
 def package_imports(path: Path) -> set[str]:
