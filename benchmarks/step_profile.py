@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from train_speed import cpu_model
 
+from train_speed import cpu_model
 from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.linear import preferred_kernel

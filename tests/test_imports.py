@@ -14,8 +14,8 @@ PACKAGE = Path(vaelab.__file__).parent
 
 # Bottom to top. Modules on one layer do not import each other.
 LAYERS = [
-    {"version", "config", "device", "linear", "progress", "distributed", "executors"},
-    {"data", "models", "objectives"},
+    {"version", "config", "device", "linear", "progress", "distributed", "executors", "objectives"},
+    {"data", "models"},
     {"runfiles"},
     {"checkpoint"},
     {"training", "likelihood", "classifier"},
@@ -29,7 +29,8 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# Within layer 1 models imports linear (layer 0), and data, models, objectives stay apart.
+# Within layer 1 models imports linear and objectives (layer 0: the prior's Gaussian densities), and data
+# and models stay apart.
 
 
 def package_imports(path: Path) -> set[str]:

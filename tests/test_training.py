@@ -14,6 +14,7 @@ from vaelab import training
 from vaelab.checkpoint import checkpoint_paths, load_tensors
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data import load_data
+from vaelab.objectives import OBJECTIVES
 from vaelab.runfiles import read_metrics
 from vaelab.training import NonFiniteLossError, resume, train
 
@@ -78,7 +79,7 @@ def test_two_plus_two_epochs_equal_four_bit_for_bit(fake_mnist, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tmp_path, monkeypatch):
-    real = training.OBJECTIVES["paper"]
+    real = OBJECTIVES["paper"]
     calls = {"n": 0}
 
     def faulty(model, x, **kwargs):  # 7 steps + 1 validation batch, then the 3rd step of epoch 2
@@ -88,7 +89,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
             terms["loss"] = terms["loss"] * math.inf
         return terms
 
-    monkeypatch.setitem(training.OBJECTIVES, "paper", faulty)
+    monkeypatch.setitem(OBJECTIVES, "paper", faulty)
     config = tiny(epochs=3)  # 200 train images / 32 = 7 steps per epoch
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3 of 7"):
         train(config, tmp_path / "run", data_dir=fake_mnist, progress=False, log=quiet)
@@ -97,7 +98,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     _, meta = load_tensors(only)
     assert meta["state"]["epoch"] == 1
     assert [r["epoch"] for r in read_metrics(run)] == [1]
-    monkeypatch.setitem(training.OBJECTIVES, "paper", real)
+    monkeypatch.setitem(OBJECTIVES, "paper", real)
     result = resume(run, data_dir=fake_mnist, progress=False, log=quiet)
     assert result.epochs_done == 3
     train(config, tmp_path / "clean", data_dir=fake_mnist, progress=False, log=quiet)

@@ -39,7 +39,7 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     result = {"epoch": meta.get("epoch")}
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
-                                           seed=config.eval_seed)
+                                           seed=config.eval_seed, k=config.k)
     if estimators:
         result["likelihood"] = measure(model, config, data.test[:nll_images], nll=estimators, k=k,
                                        iwae_images=iwae_images, log=log, bar=bar)

@@ -1,6 +1,7 @@
 """Honest likelihoods for the Bernoulli decoders: exact log p(x) by quadrature over the latent space
 (latent dimension 1 or 2), the importance-weighted bound IWAE_k (Burda et al. 2016), the
 ELBO split into reconstruction and KL, active units (Burda et al. 2016, sec. 5.2) and the posterior gap.
+p(z) is the model's own prior (models.py): N(0, I), or a learned mixture / VampPrior in closed form.
 
 Every value is in nats per image: per-image tensors of shape (N,), means in the JSON summaries.
 Only the VAE defines p(x) = ∫ p(x|z) p(z) dz; PCA and the autoencoder have no likelihood ("n/a").
@@ -18,7 +19,7 @@ from torch import nn
 
 from .config import RunConfig
 from .models import VAE
-from .objectives import gaussian_kl, posterior
+from .objectives import gaussian_kl, learned_prior, log_prior, log_standard_normal, posterior
 from .progress import step, to_stderr
 
 LOG_2PI = math.log(2 * math.pi)
@@ -39,9 +40,17 @@ def has_likelihood(config: RunConfig) -> bool:
     return config.model == "vae"
 
 
-def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dimension: (..., D) -> (...,)."""
-    return -0.5 * (z.square() + LOG_2PI).sum(-1)
+# The quadrature's square covers every component of the prior to this many of its standard deviations
+# (N(0, I): 6, START_GRID's start)
+PRIOR_SCALES = 6.0
+
+
+def prior_extent(model: VAE, scales: float = PRIOR_SCALES) -> float:
+    """Half-width of the smallest square centred at 0 holding every prior component ± `scales` standard
+    deviations: max over components k and axes d of |μ_kd| + scales·σ_kd (N(0, I): exactly `scales`)."""
+    with torch.no_grad():
+        means, logvars = model.prior.components(model)  # (K, D) each
+        return float((means.abs() + scales * (0.5 * logvars).exp()).max())
 
 
 # --- exact marginal likelihood by quadrature -------------------------------------------------------
@@ -73,7 +82,7 @@ def joint_terms(model: VAE, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     up to ~10 nats) and then rounded to float32 (~1e-5 nats).
     """
     logits = model.decode(z)
-    bias = log_standard_normal(z.double()) - F.softplus(logits).double().sum(-1)
+    bias = log_prior(model, z.double()) - F.softplus(logits).double().sum(-1)
     return logits, bias.float()
 
 
@@ -248,7 +257,9 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
     """−log p(x) for images x (N, P) by quadrature, refined until it moves < `tol` nats per image.
 
     Changes are means over images of |difference|. First the square: the scan is widened by 2 until
-    the mass outside the square narrower by 1 is below `tol`. Then the step: if the scan moves less
+    the mass outside the square narrower by 1 is below `tol`; its default start covers the prior's
+    components (`prior_extent`, rounded up to a whole number; N(0, I): START_GRID's 6), and `max_limit`
+    is at least that start + 6. Then the step: if the scan moves less
     than `tol` when its step doubles, it is the answer; otherwise `refine` at `fine_step`, halved
     until the answer moves less than `tol` against twice its step. Past `max_limit` or
     `min_fine_step` the last answer is returned with converged = False. Defaults: START_GRID.
@@ -258,7 +269,9 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         raise ValueError(f"exact NLL by quadrature needs latent dimension 1 or 2, this model has {d}; "
                          "use the IWAE bound (--nll iwae)")
     start = START_GRID[d]
-    limit, scan_step, fine_step = limit or start[0], scan_step or start[1], fine_step or start[2]
+    limit = limit or max(start[0], float(math.ceil(prior_extent(model))))
+    max_limit = max(max_limit, limit + 6)
+    scan_step, fine_step = scan_step or start[1], fine_step or start[2]
     while True:
         s = scan(model, x, dim=d, limit=limit, step=scan_step)
         d_range = (s.log_px - s.log_px_inner).abs()
@@ -297,8 +310,10 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
 
     iwae = −log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2016), an upper bound on −log p(x)
     that tightens as k grows; reconstruction = −(1/k) Σ_i log p(x|z_i); kl = KL(q ‖ N(0, I)) in closed
-    form; neg_elbo = reconstruction + kl. The draws come from a generator seeded with `seed`, in a
-    fixed order, so the result is a deterministic function of weights, data, k and seed.
+    form, or for a learned prior (no closed form) its estimate (1/k) Σ_i log q(z_i|x) − log p(z_i) from
+    the same draws; neg_elbo = reconstruction + kl. p(z) is the model's prior. The draws come from a
+    generator seeded with `seed`, in a fixed order, so the result is a deterministic function of weights,
+    data, k and seed.
     `advance(n)` is called after each chunk of n images (progress).
     """
     if k < 1:
@@ -310,24 +325,29 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
            for name in ("iwae", "reconstruction", "kl", "neg_elbo")}
     per_chunk = max(1, sample_batch // k)  # images per chunk, all k samples of an image together
     chunk_k = min(k, sample_batch)  # samples per decoder call
+    learned = learned_prior(model)
     for lo in range(0, len(x), per_chunk):
         xb = x[lo:lo + per_chunk]  # (n, P)
         m, logvar = posterior(model, objective, xb)  # (n, D)
         std = (0.5 * logvar).exp()
         log_w = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=device)
         log_lik_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
+        kl_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
         for s in range(0, k, chunk_k):
             e = torch.randn(min(chunk_k, k - s), *m.shape, generator=generator, device=device)  # (s, n, D)
             z = m + std * e
             logits = model.decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], -1)  # (s, n, P)
             log_lik = torch.einsum("snp,np->sn", logits, xb) - F.softplus(logits).sum(-1)  # (s, n)
             log_q = log_standard_normal(e) - 0.5 * logvar.sum(-1)  # density of z = m + std·e
-            terms = (log_lik + log_standard_normal(z) - log_q).double()
+            log_p = log_prior(model, z)  # (s, n)
+            terms = (log_lik + log_p - log_q).double()
             log_w = torch.logaddexp(log_w, torch.logsumexp(terms, 0))
             log_lik_sum += log_lik.double().sum(0)
+            if learned:
+                kl_sum += (log_q - log_p).double().sum(0)
         out["iwae"][lo:lo + len(xb)] = math.log(k) - log_w
         out["reconstruction"][lo:lo + len(xb)] = -log_lik_sum / k
-        out["kl"][lo:lo + len(xb)] = gaussian_kl(m, logvar).double()
+        out["kl"][lo:lo + len(xb)] = kl_sum / k if learned else gaussian_kl(m, logvar).double()
         if advance is not None:
             advance(len(xb))
     out["neg_elbo"] = out["reconstruction"] + out["kl"]
@@ -351,7 +371,7 @@ def active_units(model: VAE, x: torch.Tensor, *, threshold: float = ACTIVE_THRES
 
 def q_description(objective: str) -> str:
     return {"paper": "N(m, exp(σ)²): the paper's eq. (2) noise, exp(σ) as standard deviation",
-            "elbo": "N(m, exp(logvar))"}[objective]
+            "elbo": "N(m, exp(logvar))", "iwae": "N(m, exp(logvar))"}[objective]
 
 
 ESTIMATORS = ("exact", "iwae")
@@ -393,7 +413,7 @@ def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | 
     pixels = ("binary (Bernoulli likelihood)" if config.binarize == "dynamic"
               else "grayscale: Bernoulli cross-entropy, not a normalised likelihood")
     result: dict = {"applicable": True, "pixels": pixels, "q": q_description(config.objective),
-                    "test_images": len(x)}
+                    "prior": config.prior, "test_images": len(x)}
     if "iwae" in estimators:
         n_el, draws = len(x) if iwae_images is None else min(iwae_images, len(x)), k
         name = f"IWAE_{k}"
@@ -425,7 +445,8 @@ def summary_lines(result: dict) -> list[str]:
     if not result["applicable"]:
         return [f"likelihood: {result['why']}"]
     el = result["elbo"]
-    lines = [f"q(z|x) = {result['q']}"]
+    prior = result.get("prior", "standard")
+    lines = [f"q(z|x) = {result['q']}; p(z) = " + ("N(0, I)" if prior == "standard" else f"{prior} (learned)")]
     if "exact" in result:
         ex = result["exact"]
         g = ex["grid"]
