@@ -130,6 +130,8 @@ def train(
         if preset is not None and preset not in PRESETS:
             raise UsageProblem(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         values = {**(PRESETS[preset] if preset else {}), **{n: v for n, v in given.items() if v is not None}}
+        if preset is not None and objective is not None and objective != "iwae" and k is None:
+            values.pop("k", None)  # the preset's k belongs to its iwae objective, which an explicit one replaces
         kind = values.setdefault("model", "vae")
         values.setdefault("objective", DEFAULT_OBJECTIVE.get(kind, "paper"))
         if k is not None and values["objective"] != "iwae":
@@ -139,7 +141,13 @@ def train(
             values["hidden"] = parse_hidden(hidden)
         if epochs is not None:
             values["epochs"] = epochs
-        config = RunConfig(**values)
+        try:
+            config = RunConfig(**values)
+        except ConfigError as e:
+            if preset is None:
+                raise
+            sets = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in PRESETS[preset].items())
+            raise UsageProblem(f"{e} (--preset {preset} sets {sets}; override what does not fit)") from None
         result = training.train(config, out, data_dir=data_dir, device=device)
     from .distributed import leave, started_by_torchrun
 
