@@ -210,7 +210,7 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed for the codes", min=-(2**63), max=2**64 - 1)] = 0,
     device: Device = "auto",
 ) -> None:
-    """Decode codes drawn from the prior N(0, I) and save them as a PNG grid."""
+    """Decode codes drawn from the run's prior (N(0, I) unless learned) and save them as a PNG grid."""
     from .checkpoint import load_trained
     from .figures import image_grid
     from .models import sample_images

@@ -51,7 +51,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "vae"  # "pca" | "autoencoder" | "vae"
-    objective: str = "paper"  # "paper" (eq. 2-3) | "elbo" (Kingma & Welling) | "reconstruction" | "squared-error"
+    # "paper" (eq. 2-3) | "elbo" (Kingma & Welling) | "iwae" (Burda et al. 2016) | "reconstruction" | "squared-error"
+    objective: str = "paper"
     latent_dim: int = 2  # size of the code c; the paper uses 1 and 2
     hidden: tuple[int, ...] = (512, 256)  # encoder MLP widths; the decoder mirrors them
     epochs: int = 30  # total epochs (a resumed run continues up to this number)
