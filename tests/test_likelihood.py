@@ -443,8 +443,10 @@ def test_the_square_follows_the_prior():
     # the far component's second axis: |-6.5| + 6 scales of exp(0.1)
     assert lk.prior_extent(mog) == pytest.approx(6.5 + 6 * math.exp(0.1))
     assert lk.exact_nll(mog, binary_images(2, 5)).grid["limit"] == 14  # rounded up, not the standard 6
+    assert lk.exact_nll(mog, binary_images(2, 5)).grid["scan_step"] == 2 / 16  # 13.1 / 6 = 2.2 times N(0, I)
     standard, _ = tiny_vae(2)
-    assert lk.prior_extent(standard) == 6.0 and lk.exact_nll(standard, binary_images(2, 5)).grid["limit"] == 6
+    grid = lk.exact_nll(standard, binary_images(2, 5)).grid
+    assert lk.prior_extent(standard) == 6.0 and (grid["limit"], grid["scan_step"]) == (6, 1 / 16)
 
 
 @pytest.mark.parametrize("prior", ["mog:3", "vamp:4"])

@@ -259,7 +259,8 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
     Changes are means over images of |difference|. First the square: the scan is widened by 2 until
     the mass outside the square narrower by 1 is below `tol`; its default start covers the prior's
     components (`prior_extent`, rounded up to a whole number; N(0, I): START_GRID's 6), and `max_limit`
-    is at least that start + 6. Then the step: if the scan moves less
+    is at least that start + 6; a prior 2x or 4x wider than N(0, I) doubles or quadruples the default
+    steps. Then the step: if the scan moves less
     than `tol` when its step doubles, it is the answer; otherwise `refine` at `fine_step`, halved
     until the answer moves less than `tol` against twice its step. Past `max_limit` or
     `min_fine_step` the last answer is returned with converged = False. Defaults: START_GRID.
@@ -269,9 +270,13 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         raise ValueError(f"exact NLL by quadrature needs latent dimension 1 or 2, this model has {d}; "
                          "use the IWAE bound (--nll iwae)")
     start = START_GRID[d]
-    limit = limit or max(start[0], float(math.ceil(prior_extent(model))))
+    extent = prior_extent(model)
+    # A prior wider than N(0, I) (a learned one) stretches the latent space: the steps grow with it, by a
+    # power of two (nested grids) up to 4 (a scan step <= TILE); the step-doubling checks below still decide
+    stretch = 2.0 ** min(2, max(0, math.floor(math.log2(extent / PRIOR_SCALES))))
+    limit = limit or max(start[0], float(math.ceil(extent)))
     max_limit = max(max_limit, limit + 6)
-    scan_step, fine_step = scan_step or start[1], fine_step or start[2]
+    scan_step, fine_step = scan_step or start[1] * stretch, fine_step or start[2] * stretch
     while True:
         s = scan(model, x, dim=d, limit=limit, step=scan_step)
         d_range = (s.log_px - s.log_px_inner).abs()
@@ -289,7 +294,8 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         todo &= (answer - coarse).abs() >= RESOLVED
         used, fine_step = fine_step, fine_step / 2
     d_step = (answer - coarse).abs()
-    info = {"limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile, "margin": MARGIN,
+    info = {"prior_extent": extent, "limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile,
+            "margin": MARGIN,
             "scan_points": Grid(d, limit, scan_step).points,
             "refined_points_per_image": refined["refined_nodes"], "refined_images": refined["refined_images"],
             "tolerance": tol,
