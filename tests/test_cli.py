@@ -50,7 +50,7 @@ def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys):
     (["train", "--dataset", "cifar", "--out", "x"], "unknown dataset 'cifar'"),
     (["train", "--hidden", "512,abc", "--out", "x"], "--hidden takes comma-separated"),
     (["train", "--epochs", 3], "give --out DIR"),
-    (["train", "--latent-dim", "two", "--out", "x"], "is not a valid integer"),
+    (["train", "--latent-dim", "two", "--out", "x"], "--latent-dim takes a whole number, got 'two'"),
     (["train", "--no-such-flag"], "No such option"),
     (["evaluate", "does-not-exist"], "no such run directory"),
     (["frobnicate"], "No such command"),

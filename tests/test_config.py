@@ -42,7 +42,8 @@ def test_bad_values_are_named(values, message):
 
 def test_parse_hidden():
     assert parse_hidden("512,256") == (512, 256) and parse_hidden(" 64 ") == (64,)
-    for text in ("", "a,b", "0", "-3,4", "1.5"):
+    assert parse_hidden("64,64") == (64, 64)  # widths may repeat
+    for text in ("", "a,b", "0", "-3,4", "1.5", "10,,20", "10,", ",10", "1_0", "+5", "٣"):
         with pytest.raises(ConfigError, match="--hidden takes"):
             parse_hidden(text)
 

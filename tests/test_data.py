@@ -68,9 +68,33 @@ def test_lookup_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(vdata.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setenv(vdata.ENV_DATA, str(tmp_path / "env"))
     assert locate(spec, tmp_path / "given", download=False) == tmp_path / "given" / "MNIST" / "raw"
-    assert locate(spec, tmp_path / "nothing-here", download=False) == tmp_path / "env" / "MNIST" / "raw"
+    assert locate(spec, None, download=False) == tmp_path / "env" / "MNIST" / "raw"
     monkeypatch.delenv(vdata.ENV_DATA)
     assert locate(spec, None, download=False) == tmp_path / "cache" / "data" / "MNIST" / "raw"
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "a file", "incomplete"])
+def test_an_explicit_data_dir_is_used_or_is_an_error_naming_it(kind, tmp_path, monkeypatch):
+    """$VAELAB_DATA and the cache hold the files, but the user named --data-dir: it is never skipped."""
+    spec = vdata.SPECS["mnist"]
+    for root in ("env", "cache/data"):
+        write_fake_dataset(tmp_path / root, spec)
+    monkeypatch.setenv(vdata.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(vdata.ENV_DATA, str(tmp_path / "env"))
+    given = tmp_path / "given"
+    if kind == "empty":
+        given.mkdir()
+    elif kind == "a file":
+        given.write_text("not a folder")
+    elif kind == "incomplete":
+        write_fake_dataset(given, spec)
+        (given / "MNIST" / "raw" / spec.files["test_labels"].name).unlink()
+    with pytest.raises(vdata.DataNotFoundError) as info:
+        locate(spec, given, download=False)
+    message = str(info.value)
+    assert str(given) in message and str(tmp_path / "env") not in message
+    lines = message.splitlines()
+    assert len(lines) <= 5 and all(len(line) <= 160 for line in lines), message  # a few short lines
 
 
 def test_offline_without_files_says_where_it_looked(tmp_path, monkeypatch):
@@ -81,12 +105,18 @@ def test_offline_without_files_says_where_it_looked(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(vdata.urllib.request, "urlopen", offline)
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as info:
         load_splits("mnist", tmp_path / "mine")
     message = str(info.value)
-    assert str(tmp_path / "mine" / "MNIST" / "raw") in message and str(tmp_path / "cache") in message
+    assert str(tmp_path / "mine" / "MNIST" / "raw") in message and str(tmp_path / "cache") not in message
     assert "--data-dir" in message and "download failed" in message
     assert not list((tmp_path / "mine").rglob("*ubyte*"))  # nothing that looks like data was left
+    with pytest.raises(DataError) as info:  # without --data-dir: $VAELAB_DATA (unset here), then the cache
+        load_splits("mnist")
+    message = str(info.value)
+    assert str(tmp_path / "cache") in message and "download failed" in message
+    assert all(len(line) <= 160 for line in message.splitlines()), message
 
 
 def _serve(monkeypatch, blobs: dict[str, bytes]):

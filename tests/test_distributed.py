@@ -85,7 +85,7 @@ def test_two_ranks_compute_what_one_process_computes(one_and_two):
     one, two = read_metrics(tmp / "one")[-1], read_metrics(tmp / "two")[-1]
     assert two["valid_loss"] == pytest.approx(one["valid_loss"], abs=1e-3)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)  # sums gathered from both ranks
-    assert double.stdout.count("1 epochs, best valid loss") == 1  # rank 0 speaks for the run
+    assert double.stdout.count("1 epoch, best valid loss") == 1  # rank 0 speaks for the run
 
 
 def test_a_two_rank_run_resumes_in_one_process(one_and_two):

@@ -60,8 +60,8 @@ def test_settings_defaults_quick_and_overrides():
 
 def test_parse_latent_dims():
     assert parse_latent_dims("1,2") == (1, 2) and parse_latent_dims("3") == (3,)
-    for bad in ("", "a", "1,1", "0,2"):
-        with pytest.raises(ReproduceError):
+    for bad in ("", "a", "1,1", "0,2", "1,,2", "1_0", "+1"):
+        with pytest.raises(ValueError, match="--latent-dims takes comma-separated distinct whole numbers"):
             parse_latent_dims(bad)
 
 

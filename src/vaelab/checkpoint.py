@@ -21,7 +21,16 @@ from .config import RunConfig
 from .device import resolve_device
 from .linear import KERNELS, set_kernel
 from .models import init_model
-from .runfiles import CHECKPOINT_DIR, FORMAT_VERSION, MODEL_FILE, CheckpointError, atomic_write, load_config
+from .runfiles import (
+    CHECKPOINT_DIR,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    CheckpointError,
+    RunInUseError,
+    atomic_write,
+    holder,
+    load_config,
+)
 
 KEEP_CHECKPOINTS = 2  # the newest and one fallback
 
@@ -73,8 +82,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         n = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8:8 + n])
         tensors = st_load(blob)
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise CheckpointError(f"{path}: damaged or not a safetensors file ({type(e).__name__})") from None
+    except Exception:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(f"{path}: damaged or not a safetensors file") from None
     signed = _signed_meta(header.get("__metadata__") if isinstance(header, dict) else None)
     if signed is None:
         raise CheckpointError(f"{path}: not written by vaelab (no vaelab metadata)")
@@ -199,11 +208,39 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def load_trained(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[nn.Module, RunConfig, dict]:
-    """(model in eval mode with its best-validation weights, config, weight metadata) from a run directory."""
+    """(model in eval mode with its best-validation weights, config, weight metadata) from a run directory.
+
+    CheckpointError for a run with no finished epoch yet (saying whether it is training right now)
+    and for weights holding NaN or infinity (a non-finite result is never evaluated or sampled)."""
     config = load_config(run_dir)
+    path = Path(run_dir) / MODEL_FILE
+    if not path.exists():
+        who = holder(run_dir)
+        if who is not None:
+            raise RunInUseError(f"{run_dir} has no finished epoch yet: it is in use ({who} is training in it); "
+                                "try again after its first epoch")
+        raise CheckpointError(f"{run_dir} has no finished epoch yet (it stopped before the end of its first); "
+                              f"continue it with: vaelab train --resume {run_dir} (or, if it diverged, train "
+                              f"again with --out {run_dir} and a lower --lr)")
     model = init_model(config, resolve_device(device))
     meta = load_model(run_dir, model)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {bad[0]} holds NaN or infinity; this run has no usable result, train it "
+                              "again")
     if meta.get("linear_kernel") in KERNELS:  # the kernel it was validated with: `evaluate` repeats its numbers
         set_kernel(model, meta["linear_kernel"])
     model.eval()
     return model, config, meta
+
+
+def run_progress(run_dir: str | Path) -> tuple[int, bool]:
+    """(epochs finished, whether a later epoch is partly done) from the newest readable training
+    checkpoint; (0, False) for a run without one (a PCA run, or one stopped before its first)."""
+    for path in checkpoint_paths(run_dir):
+        try:
+            state = load_tensors(path)[1]["state"]
+            return int(state["epoch"]), int(state.get("batch", 0)) > 0
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue  # damaged: resume falls back to the previous one, and so does this
+    return 0, False

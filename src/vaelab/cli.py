@@ -1,8 +1,10 @@
-"""The `vaelab` command: parse arguments, call library functions, turn errors into one clear line.
+"""The `vaelab` command: parse arguments, call library functions, turn errors into one clear message.
 
-Exit codes: 0 success, 1 a runtime problem (damaged data, non-finite loss), 2 bad input (usage,
-unknown names, a missing or foreign run directory, a checkpoint that does not fit its config),
-130 interrupted.
+Exit codes, one rule: 2 for anything the user can fix in the command (a bad option or value, an option
+that has no effect, a path that is a file or missing, data not where the command says, run files that
+are missing, damaged, in use or foreign); 1 for a failure during the work (damaged dataset files, a
+non-finite loss, a full disk); 130 interrupted; 0 success. Every number, list and path is parsed by
+config.py's strict parsers (through `Parsed` below).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ from .config import (
     QUICK_SEEDS,
     ConfigError,
     RunConfig,
+    check_options_apply,
     parse_hidden,
+    parse_number,
+    parse_path,
+    parse_whole,
 )
-from .data import DataError
+from .data import DataError, DataNotFoundError
 from .distributed import DistributedError
 from .runfiles import CheckpointError
 from .training import NonFiniteLossError, TrainingInterrupted
@@ -45,6 +51,7 @@ typer.core.HAS_RICH = False
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     help="vaelab: PCA -> autoencoder -> VAE on MNIST, as derived in the paper; trained and measured.\n\n"
@@ -63,9 +70,51 @@ class UsageProblem(Exception):
     """Bad input found after parsing (e.g. flags that conflict)."""
 
 
+class Parsed(click.ParamType):
+    """A click type that hands the text to one of config.py's strict parsers (their ConfigError is
+    bad input, exit 2); defaults, which are not text, pass through."""
+
+    def __init__(self, name: str, parse, **limits):
+        self.name, self.parse, self.limits = name, parse, limits
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name if param else self.name
+        return self.parse(value, name, **self.limits)
+
+
+WHOLE = Parsed("integer", parse_whole)
+NUMBER = Parsed("number", parse_number)
+PATH = Parsed("path", parse_path)
+
+
+def whole(minimum: int | None = None, maximum: int | None = None) -> Parsed:
+    return Parsed("integer", parse_whole, minimum=minimum, maximum=maximum)
+
+
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vaelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                                   help="Print the vaelab version and exit.")] = False) -> None:
+    """vaelab: PCA -> autoencoder -> VAE on MNIST, as derived in the paper; trained and measured."""
+
+
 DataDir = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Data root holding MNIST/raw/ (then $VAELAB_DATA, then the cache).")]
+    "--data-dir", click_type=PATH,
+    help="Data root holding MNIST/raw/; when given, the only place looked at (else $VAELAB_DATA, then the cache).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU) | cpu | cuda | mps")]
+RunDir = Annotated[Path, typer.Argument(click_type=PATH, help="A run directory made by `vaelab train`")]
 D = RunConfig()  # the defaults, shown in --help (the options default to None so --resume can refuse them)
 
 
@@ -76,12 +125,13 @@ def train(
         help="paper | elbo | iwae (vae; iwae: the importance-weighted bound of Burda et al. 2016 with --k samples); "
              "reconstruction (autoencoder)  [default: paper for vae]")] = None,
     k: Annotated[int | None, typer.Option(
-        "--k", help=f"Importance samples per image of --objective iwae (1: the ELBO)  [default: {D.k}]")] = None,
+        "--k", click_type=WHOLE,
+        help=f"Importance samples per image of --objective iwae (1: the ELBO)  [default: {D.k}]")] = None,
     prior: Annotated[str | None, typer.Option(
         help="p(z): standard (N(0, I)) | mog:K (K Gaussians, learned means and scales) | vamp:K (VampPrior, K "
              f"learned pseudo-inputs); learned ones with --objective elbo or iwae  [default: {D.prior}]")] = None,
     warmup: Annotated[int | None, typer.Option(
-        help="Epochs over which the KL weight rises linearly, per step, from 0 to --beta  "
+        click_type=WHOLE, help="Epochs over which the KL weight rises linearly, per step, from 0 to --beta  "
              f"[default: {D.warmup}, none]")] = None,
     lr_schedule: Annotated[str | None, typer.Option(
         help="constant | cosine (decays to 0 over the run's total steps)  "
@@ -89,27 +139,31 @@ def train(
     preset: Annotated[str | None, typer.Option(
         help=f"A named recipe ({' | '.join(PRESETS)}; config.PRESETS, not yet tuned by a study); the options "
              "given beside it override its values")] = None,
-    latent_dim: Annotated[int | None, typer.Option(
+    latent_dim: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Size of the code (the paper uses 1 and 2)  [default: {D.latent_dim}]")] = None,
     hidden: Annotated[str | None, typer.Option(
         help=f"Encoder hidden widths, decoder mirrors them  [default: {','.join(map(str, D.hidden))}]")] = None,
-    epochs: Annotated[int | None, typer.Option(
-        help=f"Total epochs; on --resume, continue up to this  [default: {D.epochs}]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help=f"Minibatch size  [default: {D.batch_size}]")] = None,
-    lr: Annotated[float | None, typer.Option(help=f"Adam learning rate  [default: {D.lr}]")] = None,
-    beta: Annotated[float | None, typer.Option(help=f"Weight on the regulariser  [default: {D.beta:g}]")] = None,
+    epochs: Annotated[int | None, typer.Option(click_type=WHOLE,
+        help=f"Total epochs; on --resume, continue up to this (never below what is done)  "
+             f"[default: {D.epochs}]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        click_type=WHOLE, help=f"Minibatch size  [default: {D.batch_size}]")] = None,
+    lr: Annotated[float | None, typer.Option(click_type=NUMBER, help=f"Adam learning rate  [default: {D.lr}]")] = None,
+    beta: Annotated[float | None, typer.Option(
+        click_type=NUMBER, help=f"Weight on the regulariser (vae)  [default: {D.beta:g}]")] = None,
     binarize: Annotated[str | None, typer.Option(help=f"dynamic | none  [default: {D.binarize}]")] = None,
     dataset: Annotated[str | None, typer.Option(help=f"mnist | fashion-mnist | kmnist  [default: {D.dataset}]")] = None,
-    seed: Annotated[int | None, typer.Option(help=f"Random seed  [default: {D.seed}]")] = None,
-    valid_size: Annotated[int | None, typer.Option(
+    seed: Annotated[int | None, typer.Option(click_type=WHOLE, help=f"Random seed  [default: {D.seed}]")] = None,
+    valid_size: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="float32 | bfloat16: bfloat16 autocast for training's matmuls, where the CPU (AVX-512 BF16, AMX) or "
              f"GPU computes it natively  [default: {D.precision}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
-    out: Annotated[Path | None, typer.Option(help="New run directory")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
+    out: Annotated[Path | None, typer.Option(click_type=PATH, help="New run directory: new or empty  "
+                                             "[required unless --resume]")] = None,
+    resume: Annotated[Path | None, typer.Option(click_type=PATH, help="Continue the run in this directory")] = None,
 ) -> None:
     """Train a model; writes config, checkpoints and metrics.jsonl to the run directory."""
     from . import training
@@ -122,7 +176,8 @@ def train(
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:
             drop = ", ".join(fixed + (["--out"] if out else []))
-            raise UsageProblem(f"--resume continues a run as configured; drop {drop}")
+            raise UsageProblem(f"--resume continues a run as configured; drop {drop} (other settings need a new "
+                               "run: --out NEW)")
         result = training.resume(resume, epochs=epochs, data_dir=data_dir, device=device)
     else:
         if out is None:
@@ -141,6 +196,7 @@ def train(
             values["hidden"] = parse_hidden(hidden)
         if epochs is not None:
             values["epochs"] = epochs
+        check_options_apply(kind, [k for k, v in {**given, "epochs": epochs}.items() if v is not None])
         try:
             config = RunConfig(**values)
         except ConfigError as e:
@@ -154,20 +210,30 @@ def train(
     leave()
     if started_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 speaks for the run
+    typer.echo(summary(result))
+
+
+def summary(result) -> str:
+    """One line on what a run holds: '<dir>: 3 of 10 epochs done, best valid loss ... at epoch 2'."""
+    if result.target_epochs is None:  # PCA: fit in closed form
+        return f"{result.run_dir}: fit, valid loss {result.best_valid_loss:.3f}"
+    done = plural(result.epochs_done, "epoch")
+    if result.epochs_done < result.target_epochs:
+        done = f"{result.epochs_done} of {plural(result.target_epochs, 'epoch')} done"
     best = (f"best valid loss {result.best_valid_loss:.3f} at epoch {result.best_epoch}" if result.history
-            else "nothing to do")
-    typer.echo(f"{result.run_dir}: {result.epochs_done} epochs, {best}")
+            else "nothing trained")
+    return f"{result.run_dir}: {done}, {best}"
 
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
+    run_dir: RunDir,
     nll: Annotated[str | None, typer.Option(help="exact (quadrature, latent <= 2; seconds) | iwae (the "
                                             "importance-weighted bound) | exact,iwae: add test-set likelihoods, "
                                             "the ELBO split and the posterior gap")] = None,
-    k: Annotated[int | None, typer.Option("--k", min=1, help="Importance samples per image for IWAE  "
-                                          f"[default: {IWAE_K}]")] = None,
-    iwae_images: Annotated[int | None, typer.Option(min=1, help="IWAE on the first N test images  "
+    k: Annotated[int | None, typer.Option("--k", click_type=whole(1), help="Importance samples per image for "
+                                          f"IWAE  [default: {IWAE_K}]")] = None,
+    iwae_images: Annotated[int | None, typer.Option(click_type=whole(1), help="IWAE on the first N test images  "
                                                     "[default: all]")] = None,
     classifier: Annotated[bool, typer.Option("--classifier", help="Add classifier scores of interpolation "
                                              "midpoints and prior samples")] = False,
@@ -176,9 +242,12 @@ def evaluate(
 ) -> None:
     """Validation and test loss of the best checkpoint, per image in nats; saved to evaluation.json."""
     from .evaluate import evaluate_run
-    from .likelihood import parse_estimators
+    from .likelihood import check_applicable, parse_estimators
+    from .runfiles import load_config
 
     estimators = parse_estimators(nll) if nll is not None else ()
+    if estimators:
+        check_applicable(load_config(run_dir))
     if "iwae" not in estimators and (k is not None or iwae_images is not None):
         given = " and ".join(f for f, v in (("--k", k), ("--iwae-images", iwae_images)) if v is not None)
         raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")
@@ -204,41 +273,45 @@ def evaluate(
 
 @app.command()
 def sample(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vaelab train`")],
-    n: Annotated[int, typer.Option("-n", help="Number of images", min=1, max=10000)] = 64,
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write")] = Path("samples.png"),
-    seed: Annotated[int, typer.Option(help="Seed for the codes", min=-(2**63), max=2**64 - 1)] = 0,
+    run_dir: RunDir,
+    n: Annotated[int, typer.Option("-n", click_type=whole(1, 10000), help="Number of images (1 to 10000)")] = 64,
+    output: Annotated[Path, typer.Option("-o", "--output", click_type=PATH, help="Image file to write: .png, "
+                                         ".jpg, .pdf or .svg (the suffix picks the format)")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(click_type=whole(-(2**63), 2**64 - 1), help="Seed for the codes")] = 0,
     device: Device = "auto",
 ) -> None:
-    """Decode codes drawn from the run's prior (N(0, I) unless learned) and save them as a PNG grid."""
+    """Decode codes drawn from the run's prior (N(0, I) unless learned) and save them as an image grid."""
     from .checkpoint import load_trained
-    from .figures import image_grid
+    from .figures import check_output_file, image_grid
     from .models import sample_images
 
+    check_output_file(output)  # before loading anything
     model, _, _ = load_trained(run_dir, device)
     image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
-    typer.echo(f"wrote {n} samples to {output}")
+    typer.echo(f"wrote {plural(n, 'sample')} to {output}")
 
 
 @app.command(epilog="Examples: vaelab reproduce --quick;  vaelab reproduce --seeds 5 --epochs 200 --out report/")
 def reproduce(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny budget (about a minute): 1 seed, 3 epochs, "
                                         "the first 10000 training images")] = False,
-    seeds: Annotated[int | None, typer.Option(
+    seeds: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Seeds per model and latent dim  [default: {DEFAULT_SEEDS}; quick: {QUICK_SEEDS}]")] = None,
-    epochs: Annotated[int | None, typer.Option(
+    epochs: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Epochs per run  [default: {DEFAULT_EPOCHS}; quick: {QUICK_EPOCHS}]")] = None,
     latent_dims: Annotated[str, typer.Option(help="Latent dimensions, comma-separated  "
                                              f"[default: {','.join(map(str, LATENT_DIMS))}]",
                                              show_default=False)] = ",".join(map(str, LATENT_DIMS)),
-    out: Annotated[Path, typer.Option(help="Report directory; runs go to OUT/runs/  [default: report]",
-                                      show_default=False)] = Path("report"),
+    out: Annotated[Path, typer.Option(click_type=PATH, help="Report directory; runs go to OUT/runs/  "
+                                      "[default: report]", show_default=False)] = Path("report"),
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already exist")] = False,
-    iwae_k: Annotated[int | None, typer.Option(help="Importance samples per image for IWAE and the ELBO  "
+    iwae_k: Annotated[int | None, typer.Option(click_type=WHOLE, help="Importance samples per image for IWAE and "
+                                               "the ELBO  "
                                                f"[default: {IWAE_K}; quick: {QUICK_IWAE_K}]")] = None,
-    iwae_images: Annotated[int | None, typer.Option(help="IWAE on the first N test images  "
+    iwae_images: Annotated[int | None, typer.Option(click_type=WHOLE, help="IWAE on the first N test images  "
                                                     f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Train the runs in N local worker processes, each with its "
+    workers: Annotated[int, typer.Option(
+        click_type=whole(1), help="Train the runs in N local worker processes, each with its "
                                          "share of the cores  [default: 1, one after another]",
                                          show_default=False)] = 1,
     ray: Annotated[str | None, typer.Option(
@@ -264,14 +337,17 @@ def reproduce(
 
 @app.command(epilog="Example: vaelab explore runs/ae-z2 runs/vae-z2 -o explorer.html")
 def explore(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Autoencoder and VAE run directories of one dataset and "
+    run_dirs: Annotated[list[Path], typer.Argument(
+        click_type=PATH, help="Autoencoder and VAE run directories of one dataset and "
                                                    "latent dimension, shown side by side")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write  "
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", click_type=PATH, help="HTML file to write  "
                                                 "[default: explorer.html; with --serve: none]",
                                                 show_default=False)] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 (a free port) until "
                                         "Ctrl-C")] = False,
-    points: Annotated[int | None, typer.Option(help="Test images whose codes the planes show (the first N)  "
+    points: Annotated[int | None, typer.Option(click_type=whole(1), help="Test images whose codes the planes "
+                                               "show (the first N)  "
                                                "[default: 3000]", show_default=False)] = None,
     precision: Annotated[str, typer.Option(help="Embedded weights: auto (float32 unless the page would exceed "
                                            "4 MiB, then float16) | float32 | float16")] = "auto",
@@ -281,6 +357,8 @@ def explore(
     """Write one self-contained HTML page (works offline) that decodes codes live as the pointer moves."""
     from . import explorer
 
+    if output is not None:
+        explorer.check_output(output)
     items = explorer.load_runs(run_dirs, data_dir=data_dir, device=device,
                                **({"n_points": points} if points is not None else {}))
     page = explorer.build_page(items, precision)
@@ -313,7 +391,8 @@ def optional_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping every known error to one line on stderr."""
     try:
-        code = app(args=optional_values(sys.argv[1:] if argv is None else argv), standalone_mode=False)
+        code = app(args=optional_values(sys.argv[1:] if argv is None else argv), prog_name="vaelab",
+                   standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
             _fail("interrupted", 130)
         if code:
@@ -325,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e.format_message(), USAGE)
     except click.Abort:
         _fail("interrupted", 130)
-    except (UsageProblem, ConfigError, CheckpointError, ValueError) as e:
+    except (UsageProblem, ConfigError, CheckpointError, DataNotFoundError, ValueError) as e:
         _fail(str(e), USAGE)
     except OSError as e:  # e.g. disk full: "PATH: No space left on device", not "[Errno 28] ..."
         _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), FAILURE)

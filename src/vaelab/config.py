@@ -7,6 +7,9 @@ rebuild the exact model and data pipeline from the directory alone.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MODELS = ("pca", "autoencoder", "vae")
@@ -42,6 +45,16 @@ PRESETS: dict[str, dict] = {
     "z1-best": {"model": "vae", "latent_dim": 1, "objective": "iwae", "k": 5, "prior": "vamp:100", "warmup": 10,
                 "lr_schedule": "cosine", "epochs": 100},
 }
+# Settings a model does not use, and why: giving one of them explicitly is refused (`check_options_apply`)
+# rather than recorded in config.json as if it had mattered.
+UNUSED = {
+    "pca": (("epochs", "batch_size", "lr", "beta", "hidden", "precision"), "a pca model is fit in closed form "
+            "(in float64), with no epochs, minibatches, learning rate, regulariser, hidden layers or autocast"),
+    "autoencoder": (("beta",), "the autoencoder trains on reconstruction alone, with no regulariser to weigh"),
+}
+
+
+DEFAULT_BATCH_SIZE = 512  # on a training set smaller than this, the default means "the whole set"
 
 
 class ConfigError(ValueError):
@@ -56,7 +69,7 @@ class RunConfig:
     latent_dim: int = 2  # size of the code c; the paper uses 1 and 2
     hidden: tuple[int, ...] = (512, 256)  # encoder MLP widths; the decoder mirrors them
     epochs: int = 30  # total epochs (a resumed run continues up to this number)
-    batch_size: int = 512  # minibatch size for Adam (why 512 and 2e-3: README "Defaults", measured)
+    batch_size: int = DEFAULT_BATCH_SIZE  # minibatch size for Adam (why 512 and 2e-3: README "Defaults", measured)
     lr: float = 2e-3  # Adam learning rate
     beta: float = 1.0  # weight on the regulariser (paper penalty or KL); 1 is the paper / the ELBO
     binarize: str = "dynamic"  # "dynamic": fresh Bernoulli draw per epoch; "none": grayscale in [0, 1]
@@ -123,18 +136,21 @@ def check(c: RunConfig) -> None:
     positive = {"latent dim": c.latent_dim, "batch size": c.batch_size, "valid size": c.valid_size,
                 "pixel count": c.n_pixels}
     for name, value in positive.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-    if not isinstance(c.epochs, int) or c.epochs < 0:
-        raise ConfigError(f"epochs must be a whole number >= 0, got {c.epochs!r}")
+        if not _whole(value) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {shown(value)}")
+    if not _whole(c.epochs) or c.epochs < 0:
+        raise ConfigError(f"epochs must be a whole number >= 0, got {shown(c.epochs)}")
     if not c.hidden or any(h < 1 for h in c.hidden):
-        raise ConfigError(f"hidden sizes must be one or more whole numbers >= 1, got {list(c.hidden)}")
+        raise ConfigError(f"hidden sizes must be one or more whole numbers >= 1, got {shown(list(c.hidden))}")
     if not (c.lr > 0 and c.lr < float("inf")):
-        raise ConfigError(f"learning rate must be a positive number, got {c.lr!r}")
+        raise ConfigError(f"learning rate must be a positive number, got {shown(c.lr)}")
     if not (c.beta >= 0 and c.beta < float("inf")):
-        raise ConfigError(f"beta must be a number >= 0, got {c.beta!r}")
+        raise ConfigError(f"beta must be a number >= 0, got {shown(c.beta)}")
+    if c.model == "pca" and c.latent_dim > c.n_pixels:
+        raise ConfigError(f"latent dim {c.latent_dim} is more than a pca model can have: it has at most one "
+                          f"component per pixel ({c.n_pixels})")
     if not isinstance(c.k, int) or isinstance(c.k, bool) or c.k < 1:
-        raise ConfigError(f"k (importance samples) must be a whole number >= 1, got {c.k!r}")
+        raise ConfigError(f"k (importance samples) must be a whole number >= 1, got {shown(c.k)}")
     if c.k != 1 and c.objective != "iwae":
         raise ConfigError(f"k (importance samples) applies to the iwae objective only, not {c.objective!r}; "
                           "use --objective iwae")
@@ -143,7 +159,7 @@ def check(c: RunConfig) -> None:
         raise ConfigError(f"a learned prior ({c.prior}) needs a VAE trained on {' or '.join(LEARNED_PRIOR_OBJECTIVES)}"
                           f", not {c.model} ({c.objective}): the paper's penalty is written against N(0, I)")
     if not isinstance(c.warmup, int) or isinstance(c.warmup, bool) or c.warmup < 0:
-        raise ConfigError(f"warmup must be a whole number of epochs >= 0, got {c.warmup!r}")
+        raise ConfigError(f"warmup must be a whole number of epochs >= 0, got {shown(c.warmup)}")
     regularized = c.model == "vae"
     if c.warmup and not regularized:
         raise ConfigError(f"warmup raises the KL weight, and a {c.model} has no KL term")
@@ -164,15 +180,114 @@ def parse_prior(text: str) -> tuple[str, int]:
     return kind, int(count)
 
 
+def check_data_size(c: RunConfig, n_train: int) -> None:
+    """Raise ConfigError if `c` cannot train on `n_train` training images (a batch larger than the
+    training set, more PCA components than the images span). Called before anything is written.
+    The default batch size is the exception: on a smaller set it means the whole set, one batch."""
+    if c.model == "pca":
+        if c.latent_dim > n_train - 1:
+            raise ConfigError(f"latent dim {c.latent_dim} is more than a pca fit to {n_train} training "
+                              f"image{'s' if n_train != 1 else ''} can have (at most {max(n_train - 1, 0)}: "
+                              f"the images less their mean span that many directions); lower --latent-dim "
+                              f"or --valid-size")
+    elif c.batch_size > n_train and c.batch_size != DEFAULT_BATCH_SIZE:
+        raise ConfigError(f"batch size {c.batch_size} is larger than the training set ({n_train} images); "
+                          f"use --batch-size {n_train} or less")
+
+
+def check_options_apply(model: str, given: Iterable[str]) -> None:
+    """ConfigError if any of the settings named in `given` (RunConfig field names the user set
+    explicitly) has no effect on `model`; the message names them as options and says why."""
+    unused, why = UNUSED.get(model, ((), ""))
+    idle = [name for name in given if name in unused]
+    if idle:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in idle)
+        article = "an" if model[0] in "aeiou" else "a"
+        raise ConfigError(f"{flags} {'has' if len(idle) == 1 else 'have'} no effect on {article} {model} model "
+                          f"({why}); drop {'it' if len(idle) == 1 else 'them'}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shown(value) -> str:
+    """A value as the user wrote it in JSON or on the command line (true, not Python's True)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# --- parsing what the user types: one set of rules for every list, number and path ---------------
+# Strict: plain ASCII digits (no "1_000", "+5" or "٣"), no empty list items ("10,,20"), no empty paths.
+
+_WHOLE = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def parse_whole(text: str, option: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """'12' -> 12 for the command-line option `option`; ConfigError naming it for anything else."""
+    limits = (f" >= {minimum}" if minimum is not None else "") + (f" and <= {maximum}" if maximum is not None else "")
+    text = text.strip()
+    if not _WHOLE.fullmatch(text):
+        raise ConfigError(f"{option} takes a whole number{limits}, got {text!r}")
+    value = int(text)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{option} takes a whole number{limits}, got {value}")
+    return value
+
+
+def parse_number(text: str, option: str) -> float:
+    """'2e-3' -> 0.002; a finite decimal number, else ConfigError naming `option`."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text) or float(text) in (float("inf"), float("-inf")):
+        raise ConfigError(f"{option} takes a finite number like 0.002 or 2e-3, got {text!r}")
+    return float(text)
+
+
+def split_list(text: str, option: str, *, expects: str, distinct: bool = True) -> list[str]:
+    """'a,b' -> ['a', 'b'] (items stripped); ConfigError for an empty list, an empty item or (if
+    `distinct`) a repeated one. `expects` says what `option` takes, for the message."""
+    items = [item.strip() for item in text.split(",")]
+    problem = ("it is empty" if text.strip() == "" else "an item is empty" if "" in items
+               else "an item is repeated" if distinct and len(set(items)) != len(items) else None)
+    if problem:
+        raise ConfigError(f"{option} takes {expects}, got {text!r}: {problem}")
+    return items
+
+
+def parse_whole_numbers(text: str, option: str, *, example: str, distinct: bool = False) -> tuple[int, ...]:
+    """'512,256' -> (512, 256): comma-separated whole numbers >= 1 (distinct ones if `distinct`)."""
+    expects = f"comma-separated {'distinct ' if distinct else ''}whole numbers >= 1 like {example}"
+    items = split_list(text, option, expects=expects, distinct=distinct)
+    bad = [item for item in items if not _WHOLE.fullmatch(item) or int(item) < 1]
+    if bad:
+        raise ConfigError(f"{option} takes {expects}, got {text!r}: {bad[0]!r} is not one")
+    return tuple(int(item) for item in items)
+
+
+def parse_choices(text: str, option: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """'b,a' -> ('a', 'b') in the order of `choices`: distinct names from `choices`, comma-separated."""
+    expects = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+    expects += " (comma-separated)" if len(choices) > 1 else ""
+    items = split_list(text, option, expects=expects)
+    unknown = [item for item in items if item not in choices]
+    if unknown:
+        raise ConfigError(f"{option} takes {expects}, got {text!r}: {unknown[0]!r} is not one")
+    return tuple(c for c in choices if c in items)
+
+
+def parse_path(text: str, option: str) -> str:
+    """A path as typed, refusing the empty one ("" would mean the current directory)."""
+    if text.strip() == "" or "\0" in text:
+        raise ConfigError(f"{option} takes a path, got {text!r}")
+    return text
+
+
 def parse_hidden(text: str) -> tuple[int, ...]:
     """'512,256' -> (512, 256), with a clear error for anything else."""
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--hidden takes comma-separated whole numbers like 512,256, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(f"--hidden takes comma-separated whole numbers >= 1, got {text!r}")
-    return sizes
+    return parse_whole_numbers(text, "--hidden", example="512,256")
 
 
 # --- `vaelab reproduce`: the experiment's budget (here, so the CLI's help can state it) -----------

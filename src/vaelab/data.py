@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 
 ENV_DATA = "VAELAB_DATA"  # environment variable: a data root to search after --data-dir
 ENV_CACHE = "VAELAB_CACHE"  # environment variable: overrides the cache directory
@@ -27,6 +27,11 @@ ENV_CACHE = "VAELAB_CACHE"  # environment variable: overrides the cache director
 
 class DataError(RuntimeError):
     """The data could not be found or is damaged; the message names the file and the problem."""
+
+
+class DataNotFoundError(DataError):
+    """The data files are not where the user pointed (or anywhere vaelab looks); the user can fix the
+    command (--data-dir), so the CLI treats it as bad input."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +115,11 @@ def cache_dir() -> Path:
 
 
 def candidate_roots(data_dir: str | Path | None) -> list[Path]:
-    """Data roots in look-up order: --data-dir, then $VAELAB_DATA, then the cache directory."""
-    roots = [Path(data_dir)] if data_dir else []
-    if os.environ.get(ENV_DATA):
-        roots.append(Path(os.environ[ENV_DATA]))
+    """Data roots in look-up order. An explicit --data-dir is the only root: what the user names is
+    used or is an error, never skipped. Without it: $VAELAB_DATA, then the cache directory."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    roots = [Path(os.environ[ENV_DATA])] if os.environ.get(ENV_DATA) else []
     roots.append(cache_dir() / "data")
     return roots
 
@@ -126,7 +132,13 @@ def _present(raw: Path, f: IdxFile) -> Path | None:
 
 
 def locate(spec: DatasetSpec, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
-    """The `raw/` folder holding all four files of `spec`, downloading them if no root has them."""
+    """The `raw/` folder holding all four files of `spec`, downloading them if no root has them.
+
+    An explicit `data_dir` is the only place looked at (and downloaded into); it must be an existing
+    directory. DataNotFoundError (a message of a few short lines) when the files are nowhere."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+        raise DataNotFoundError(f"--data-dir {data_dir} {what}")
     roots = candidate_roots(data_dir)
     incomplete = []  # roots holding some of the files: say which are missing
     for root in roots:
@@ -145,14 +157,17 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, *, download: b
                     fetch(f, spec.mirrors, target)
             return target
         except DataError as e:
-            errors.append(str(e))
-    looked = ", ".join(str(r / spec.folder / "raw") for r in roots)
-    raise DataError(
-        f"{spec.name} files not found: " + "; ".join(incomplete + [f"looked in {looked}"])
-        + (f"; download failed ({errors[0]})" if errors else "")
-        + f". Put {', '.join(f.name for f in spec.files.values())} (or their .gz) in ROOT/{spec.folder}/raw/ "
-        f"and pass --data-dir ROOT or set {ENV_DATA}=ROOT."
-    )
+            # "could not download NAME.gz: URL: why; URL: why" -> its first reason, without the URL
+            what, _, rest = str(e).split("; ")[0].partition(": ")
+            errors.append(f"{what} ({rest.split(': ', 1)[-1]})" if rest else what)
+    lines = [f"{spec.name} files not found" + (f" in --data-dir {data_dir}" if data_dir is not None else ""),
+             *(f"  {line}" for line in incomplete),
+             f"  looked in: {', '.join(str(r / spec.folder / 'raw') for r in roots)}"]
+    if errors:
+        lines.append(f"  download failed: {errors[0]}")
+    lines.append(f"  put the four IDX files (or .gz) in ROOT/{spec.folder}/raw/, then pass --data-dir ROOT "
+                 f"or set {ENV_DATA}=ROOT")
+    raise DataNotFoundError("\n".join(lines))
 
 
 def fetch(f: IdxFile, mirrors: tuple[str, ...], raw: Path, *, timeout: float = 30.0) -> Path:
@@ -271,7 +286,8 @@ def load_splits(dataset: str = "mnist", data_dir: str | Path | None = None, *, v
             raise DataError(f"{raw}: {split} set has {n_img} images but {n_lab} labels")
     n_train = len(arrays["train_images"])
     if not 0 < valid_size < n_train:
-        raise DataError(f"valid size {valid_size} must be between 1 and {n_train - 1} (training set size - 1)")
+        raise ConfigError(f"valid size {valid_size} must be between 1 and {n_train - 1} (the official training "
+                          f"set has {n_train} images and at least one must be left for training)")
     cut = n_train - valid_size
     x = torch.from_numpy(np.ascontiguousarray(arrays["train_images"]))
     y = torch.from_numpy(arrays["train_labels"].astype(np.int64))

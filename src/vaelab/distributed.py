@@ -82,7 +82,7 @@ class World:
         this raises DistributedError with rank 0's message if it did not."""
         if not self.distributed:
             return
-        message = [None if error is None else f"{type(error).__name__}: {error}"]
+        message = [None if error is None else str(error)]
         with self.collective("waiting for rank 0"):
             dist.broadcast_object_list(message, src=0)
         if not self.main and message[0] is not None:

@@ -4,6 +4,7 @@ likelihoods (likelihood.py) and classifier scores (classifier.py); saved as eval
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from .models import model_device
 from .objectives import evaluate_objective
 from .progress import to_stderr
 from .runfiles import EVALUATION_FILE, read_json, write_json
+from .training import NonFiniteLossError
+
+
+class NonFiniteResultError(NonFiniteLossError):
+    """An evaluation came out NaN or infinite; the message names the split and the term."""
 
 
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
@@ -40,6 +46,10 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
                                            seed=config.eval_seed, k=config.k)
+        bad = [f"{term} {value}" for term, value in result[split].items() if not math.isfinite(value)]
+        if bad:  # a non-finite score is an error, never a number in a table
+            raise NonFiniteResultError(f"{run_dir}: the {split} {bad[0]} per image is not a finite number; "
+                                       "nothing was saved")
     if estimators:
         result["likelihood"] = measure(model, config, data.test[:nll_images], nll=estimators, k=k,
                                        iwae_images=iwae_images, log=log, bar=bar)

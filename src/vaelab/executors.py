@@ -38,6 +38,14 @@ def _child(fn: Callable, job: tuple, conn) -> None:
         conn.close()
 
 
+def _received(receive) -> Outcome | None:
+    """The child's outcome, or None if it died before sending one (poll() is also true at end of file)."""
+    try:
+        return receive.recv() if receive.poll() else None
+    except (EOFError, OSError):
+        return None
+
+
 def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Outcome]]:
     """fn(*job) in at most `workers` fresh local processes at a time (spawned: no state shared with
     this one). A process that dies (killed, out of memory) is reported with its signal."""
@@ -57,7 +65,7 @@ def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tup
                 running[process.sentinel] = (i, process, receive)
             for sentinel in multiprocessing.connection.wait(list(running)):
                 i, process, receive = running.pop(sentinel)
-                outcome = receive.recv() if receive.poll() else None
+                outcome = _received(receive)
                 process.join()
                 receive.close()
                 if outcome is None:

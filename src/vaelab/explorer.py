@@ -196,6 +196,16 @@ def write_explorer(out: str | Path, run_dirs: list[str | Path], *, data_dir: str
     return write_page(out, page)
 
 
+def check_output(out: str | Path) -> None:
+    """ValueError unless `out` names an HTML file (the page is HTML whatever the name says) that is
+    not a directory; checked before any work."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"{out}: the explorer writes an HTML page; end the file name in .html")
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; give a file name such as {out / 'explorer.html'}")
+
+
 def write_page(out: str | Path, page: str) -> Path:
     """Write the page atomically (a reader never sees half a file); returns the path."""
     out = Path(out)

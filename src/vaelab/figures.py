@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -53,19 +54,46 @@ def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: i
     return grid
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
-    """Render `fig` to PNG and write it atomically.
+# File name suffix -> the format written (matplotlib's name for it); any other suffix is refused.
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
 
-    The PNG is exactly figsize x dpi pixels (no tight bounding box), so its size is known in advance;
+
+def image_format(path: str | Path) -> str:
+    """The format that `path`'s suffix names (case-insensitive); ValueError for any other suffix."""
+    fmt = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: the file name must end in {', '.join(IMAGE_FORMATS)} (the format to write)")
+    return fmt
+
+
+def check_output_file(path: str | Path) -> None:
+    """ValueError unless an image can be written at `path`: a known suffix, not a directory, and an
+    existing, writable folder. Called before any work, so a bad -o costs nothing."""
+    path = Path(path)
+    image_format(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name such as {path / 'samples.png'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder for {path.name}; create it first or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{folder}: cannot write there (permission denied); choose another path")
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
+    """Render `fig` in the format its suffix names (IMAGE_FORMATS) and write it atomically.
+
+    A PNG is exactly figsize x dpi pixels (no tight bounding box), so its size is known in advance;
     the figures below use matplotlib's constrained layout to keep labels inside.
     """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format=image_format(path), dpi=dpi)
     atomic_write(Path(path), buffer.getvalue())
 
 
 def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 3) -> None:
-    """Save images (N, 784) in [0, 1] as a grid PNG, white digits on black tiles, `scale` pixels per pixel."""
+    """Save images (N, 784) in [0, 1] as a grid image (PNG, JPEG, PDF or SVG, as the suffix of `path` says),
+    white digits on black tiles, `scale` pixels per pixel."""
     grid = tile(images, nrow=nrow)
     fig = Figure(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig, parse_choices
 from .models import VAE
 from .objectives import gaussian_kl, learned_prior, log_prior, log_standard_normal, posterior
 from .progress import step, to_stderr
@@ -38,6 +38,15 @@ RESOLVED = TOLERANCE / 2
 def has_likelihood(config: RunConfig) -> bool:
     """Only the VAE is a latent-variable model with a prior; PCA and the autoencoder are not."""
     return config.model == "vae"
+
+
+def check_applicable(config: RunConfig) -> None:
+    """ConfigError when asking `config`'s model for a likelihood (`vaelab evaluate --nll`) would have no
+    effect: PCA and the autoencoder define no p(x). (`measure` itself answers "n/a" for them, which is
+    what the report's table shows.)"""
+    if not has_likelihood(config):
+        raise ConfigError(f"--nll has no effect on a{'n' if config.model[0] in 'aeiou' else ''} {config.model} run: "
+                          "it defines no p(x) (no prior, no noise; only a vae does); drop it")
 
 
 # The quadrature's square covers every component of the prior to this many of its standard deviations
@@ -386,13 +395,10 @@ ELBO_SAMPLES = 10
 
 
 def parse_estimators(nll: str | Sequence[str]) -> tuple[str, ...]:
-    """'exact', 'iwae', 'exact,iwae' (or a sequence of those) -> a tuple in ESTIMATORS order; strict."""
-    parts = nll.split(",") if isinstance(nll, str) else list(nll)
-    unknown = [p for p in parts if p not in ESTIMATORS]
-    if not parts or unknown or len(set(parts)) != len(parts):
-        given = nll if isinstance(nll, str) else ",".join(map(str, nll))
-        raise ValueError(f"--nll takes exact, iwae or exact,iwae; got {given!r}")
-    return tuple(e for e in ESTIMATORS if e in parts)
+    """'exact', 'iwae', 'exact,iwae' (or a sequence of those) -> a tuple in ESTIMATORS order; strict
+    (config.parse_choices: no empty or repeated items)."""
+    text = nll if isinstance(nll, str) else ",".join(map(str, nll))
+    return parse_choices(text, "--nll", ESTIMATORS)
 
 
 def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | Sequence[str] = "exact",

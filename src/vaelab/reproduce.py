@@ -42,6 +42,7 @@ from .config import (
     QUICK_TRAIN_IMAGES,
     REALISM_IMAGES,
     RunConfig,
+    parse_whole_numbers,
 )
 from .data import DataError, PixelData, load_data
 from .device import resolve_device
@@ -118,14 +119,8 @@ def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int 
 
 
 def parse_latent_dims(text: str) -> tuple[int, ...]:
-    """'1,2' -> (1, 2), with a clear error for anything else."""
-    try:
-        dims = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ReproduceError(f"--latent-dims takes comma-separated whole numbers like 1,2, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
-        raise ReproduceError(f"--latent-dims takes distinct whole numbers >= 1, got {text!r}")
-    return dims
+    """'1,2' -> (1, 2): distinct whole numbers >= 1 (config.parse_whole_numbers' rules and messages)."""
+    return parse_whole_numbers(text, "--latent-dims", example="1,2", distinct=True)
 
 
 @dataclass(frozen=True)
@@ -208,7 +203,7 @@ def ensure_run(spec: RunSpec, run_dir: Path, *, data: PixelData, force: bool = F
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / RUN_NOTE, {"train_images": spec.train_images})
-    train(spec.config, run_dir, data=data, device=device, progress=False, log=log)
+    train(spec.config, run_dir, data=data, device=device, progress=False, log=log, keep=(RUN_NOTE,))
     return "trained"
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -163,27 +163,98 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     The operating system drops the lock when its process ends, however it ends, so a crashed or
     killed run never leaves the directory locked; the file itself stays behind, harmlessly. Opening
     the lock file is also the first write into the directory, so an unwritable directory fails here,
-    before any training. Where fcntl does not exist (Windows) no lock is taken.
+    before any training. The file's text (who holds it, for other processes' messages) is written
+    only once the lock is ours; a process refused the lock reads it and changes nothing. Where fcntl
+    does not exist (Windows) no lock is taken.
     """
     path = Path(run_dir) / LOCK_FILE
     try:
-        f = open(path, "a+")
+        f = open(path, "a+")  # appending mode: opening never truncates a holder's text
     except OSError as e:
-        raise OSError(e.errno, f"cannot write to the run directory ({e.strerror})", str(run_dir)) from None
+        raise CheckpointError(f"{run_dir}: cannot write to the run directory ({e.strerror})") from None
     with f:
         if fcntl is not None:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise RunInUseError(f"{run_dir} is in use: {holder} is training in it; wait for it to finish "
-                                    "or use another directory") from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"vaelab process {os.getpid()}\n")  # only for the message above
+                raise _in_use(run_dir, f.read()) from None
+            f.truncate(0)  # ours now: replace a previous holder's text
+            f.write(f"vaelab process {os.getpid()}\n")  # only for the message of `_in_use`
             f.flush()
         yield
+
+
+def _in_use(run_dir: Path, holder_text: str) -> RunInUseError:
+    holder = holder_text.strip() or "another process"
+    return RunInUseError(f"{run_dir} is in use: {holder} is training in it; wait for it to finish "
+                         "or use another directory")
+
+
+def holder(run_dir: Path) -> str | None:
+    """Who is training in `run_dir` ("vaelab process N"), or None if nobody holds its lock. Reads
+    only: creates and writes nothing (a shared flock is taken and dropped at once, so a trainer
+    starting in that instant may be told the directory is in use)."""
+    if fcntl is None:
+        return None
+    try:
+        f = open(Path(run_dir) / LOCK_FILE)
+    except OSError:  # no lock file (or none we may read): nobody trains there
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """RunInUseError if a process is training in `run_dir`; touches nothing (see `holder`)."""
+    who = holder(run_dir)
+    if who is not None:
+        raise _in_use(run_dir, who)
+
+
+def check_new_run_dir(out: Path, *, allowed: Iterable[str] = (), locked: bool = False) -> None:
+    """CheckpointError unless `out` can take a new run: a path that does not exist yet, an empty
+    directory, or a directory holding only a vaelab run that saved nothing (its config.json, lock and
+    an empty metrics.jsonl: it stopped or diverged before its first checkpoint), which the new run
+    replaces. `allowed`: names of other files that may be there (reproduce's note). `locked`: the
+    caller holds the directory's lock (else a run training there is reported as in use)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} is a file, not a directory; choose another --out")
+    if not out.exists():
+        return
+    if not locked:
+        check_not_in_use(out)
+    skip = {LOCK_FILE, *allowed}
+    names = sorted(p.name for p in out.iterdir() if p.name not in skip and not _is_temp(p))
+    if CONFIG_FILE in names:
+        saved = [name for name in names if name != CONFIG_FILE and not _holds_nothing(out / name)]
+        if saved:
+            raise CheckpointError(f"{out} already holds a run; continue it with --resume {out}, or choose "
+                                  "another --out")
+        return  # a run that saved nothing: the new one takes its place
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CheckpointError(f"{out} is not empty (it holds {shown}); a new run goes into a new or empty "
+                              "directory: choose another --out")
+
+
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _holds_nothing(path: Path) -> bool:
+    """An empty metrics file, or a checkpoints folder with no checkpoint in it (temporary files only)."""
+    if path.name == METRICS_FILE and path.is_file():
+        return path.stat().st_size == 0
+    if path.name == CHECKPOINT_DIR and path.is_dir():
+        return all(_is_temp(p) for p in path.iterdir())
+    return False
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:

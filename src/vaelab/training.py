@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import checkpoint_paths, load_tensors, load_training_state, save_model, save_training_state
-from .config import ConfigError, RunConfig
+from .checkpoint import (
+    checkpoint_paths,
+    load_tensors,
+    load_training_state,
+    run_progress,
+    save_model,
+    save_training_state,
+)
+from .config import ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, load_data
 from .device import native_bfloat16, resolve_device
 from .distributed import World, join
@@ -40,10 +47,11 @@ from .linear import preferred_kernel, set_kernel
 from .models import PCA, init_model
 from .objectives import evaluate_objective, noise_shape, objective_function
 from .runfiles import (
-    CONFIG_FILE,
     MODEL_FILE,
     CheckpointError,
     append_timing,
+    check_new_run_dir,
+    check_not_in_use,
     load_config,
     read_metrics,
     remove_stale_temp_files,
@@ -106,6 +114,7 @@ class TrainResult:
     best_epoch: int | None
     best_valid_loss: float
     history: list[dict]
+    target_epochs: int | None = None  # the run's recorded total (config.json's epochs); None for PCA
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -141,16 +150,18 @@ def _log(message: str) -> None:
 
 
 def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
-          device: str = "auto", progress: bool | None = None, log: Callable[[str], None] = _log) -> TrainResult:
-    """Start a new run in directory `out` (which must not already hold a run) and train it.
+          device: str = "auto", progress: bool | None = None, log: Callable[[str], None] = _log,
+          keep: Iterable[str] = ()) -> TrainResult:
+    """Start a new run in directory `out` and train it.
 
-    `config`: a RunConfig (model, objective, latent size, epochs, ...). `data_dir`: where the dataset
-    is looked up first. `device`: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
-    `progress`: a tqdm bar per epoch (None: when stderr is a terminal); `log` gets one line per epoch.
-    Writes config.json, checkpoints, model.safetensors (best validation epoch) and metrics.jsonl
-    (losses in nats per image) to `out`. `data` may be passed in to share one in-memory copy between
-    runs; otherwise it is loaded (before anything is written, so a data error leaves no half-made run
-    directory).
+    `config`: a RunConfig (model, objective, latent size, epochs, ...). `out`: a new or empty directory,
+    or one whose run saved nothing (runfiles.check_new_run_dir); `keep` names other files it may hold.
+    `data_dir`: where the dataset is looked up (the only place, when given). `device`: "auto" (CUDA,
+    then MPS, then CPU), "cpu", "cuda" or "mps". `progress`: a tqdm bar per epoch (None: when stderr
+    is a terminal); `log` gets one line per epoch. Writes config.json, checkpoints, model.safetensors
+    (best validation epoch) and metrics.jsonl (losses in nats per image) to `out`. `data` may be passed
+    in to share one in-memory copy between runs; otherwise it is loaded. Everything that can be checked
+    (the directory, the data, the model's limits against them) is checked before anything is written.
     """
     out = Path(out)
     world, dev = join(resolve_device(device))  # under torchrun: this rank's place and device
@@ -158,15 +169,14 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     _check_world(config, world)
     _check_precision(config, dev)
     if world.main:
-        taken = f"{out} already holds a run; resume it with --resume {out} or choose another --out"
-        if (out / CONFIG_FILE).exists():
-            with run_lock(out):  # a run still training there is reported as in use
-                pass
-            error = CheckpointError(taken)
-            world.outcome(error)
-            raise error
+        try:
+            check_new_run_dir(out, allowed=keep)  # a run still training there is reported as in use
+        except BaseException as e:
+            world.outcome(e)
+            raise
     data = data if data is not None else load_data(config, data_dir)
     data.check()
+    check_data_size(config, len(data.train))
     init_model(config, dev)  # sizes or a seed that cannot be used fail here, before anything is written
     if not world.main:
         world.outcome(None)  # raises if rank 0 could not claim the run directory
@@ -176,10 +186,10 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
             try:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise OSError(e.errno, f"cannot create the run directory ({e.strerror})", str(out)) from None
+                raise CheckpointError(f"{out}: cannot create the run directory ({e.strerror})") from None
             claimed.enter_context(run_lock(out))  # also the first write: an unwritable directory fails here
-            if (out / CONFIG_FILE).exists():  # another process started a run here while we loaded data
-                raise CheckpointError(taken)
+            check_new_run_dir(out, allowed=keep, locked=True)  # another process may have started a run here
+            remove_stale_temp_files(out)
             save_config(out, config)
         except BaseException as e:
             world.outcome(e)
@@ -194,13 +204,26 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
     """Continue the run in `run_dir` up to `epochs` total (default: its configured total), exactly as
     if it had never stopped (same numbers bit for bit). Options as for `train`.
 
-    Resuming a finished run is a no-op that returns its result.
+    The recorded total never moves below what the run has done: `epochs` fewer than its finished
+    epochs (or than a partly done one) is a no-op that logs where the run stands and returns its
+    result, as does resuming a finished run.
     """
     run_dir = Path(run_dir)
     world, dev = join(resolve_device(device))
     config = load_config(run_dir)  # a clear error for a missing or foreign directory before locking it
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if epochs is not None:
+        check_options_apply(config.model, ["epochs"])
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a whole number >= 0, got {epochs}")
+    done, partly = run_progress(run_dir)
+    if epochs is not None and (epochs < done or (epochs == done and partly)):
+        check_not_in_use(run_dir)  # a run training right now is reported as such, even for a no-op
+        where = f"{done} of {config.epochs} epoch{'s' if config.epochs != 1 else ''} done"
+        if world.main:
+            log(f"{run_dir}: {where}{' and the next one begun' if partly else ''}; --epochs {epochs} would go "
+                f"back, so nothing changed" + ("" if done >= config.epochs and not partly else
+                                               f" (continue with: vaelab train --resume {run_dir})"))
+        return _result_so_far(run_dir, config, done)
     if epochs is not None and epochs != config.epochs:  # saved by _fit once the checkpoint has loaded
         config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
     world.agree("configuration", config.to_dict())
@@ -208,6 +231,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
     _check_precision(config, dev)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
+    check_data_size(config, len(data.train))
     if not world.main:
         world.outcome(None)
         return _fit(config, run_dir, data=data, device=dev, world=world, resume=True, progress=False, log=_quiet)
@@ -220,6 +244,14 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
             raise
         world.outcome(None)
         return _fit(config, run_dir, data=data, device=dev, world=world, resume=True, progress=progress, log=log)
+
+
+def _result_so_far(run_dir: Path, config: RunConfig, done: int) -> TrainResult:
+    """The TrainResult of a run's first `done` epochs, from its metrics.jsonl (nothing is trained)."""
+    history = [r for r in read_metrics(run_dir) if r["epoch"] <= done]
+    best = min(history, key=lambda r: r["valid_loss"], default=None)  # the first of equals, as training picks
+    return TrainResult(run_dir, done, best["epoch"] if best else None, best["valid_loss"] if best else math.inf,
+                       history, config.epochs)
 
 
 def _check_precision(config: RunConfig, device: torch.device) -> None:
@@ -335,10 +367,8 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
             loss = terms["loss"].sum() / (len(idx) / world.size)
             if not world.all_true(bool(torch.isfinite(loss)), device):
                 bar.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i + 1} of {n_batches}; "
-                    f"the last good checkpoint (epoch {state['epoch']}) is intact. Try a lower --lr."
-                )
+                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i + 1} of "
+                                         f"{n_batches}; {_what_is_left(run_dir, state)}")
             optimizer.zero_grad(set_to_none=True)
             with world.collective("averaging gradients"):
                 loss.backward()
@@ -362,7 +392,7 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
                                    k=config.k)
         if not math.isfinite(valid["loss"]):
             raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch}; "
-                                     f"the last good checkpoint (epoch {state['epoch']}) is intact")
+                                     f"{_what_is_left(run_dir, state)}")
         record = {"epoch": epoch, "step": state["step"],
                   "train_loss": train_means[0], "train_reconstruction": train_means[1],
                   "train_regularizer": train_means[2],
@@ -387,7 +417,18 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
         if stop.requested:
             raise TrainingInterrupted(f"interrupted after epoch {epoch}; saved its checkpoint. "
                                       f"Resume with: vaelab train --resume {run_dir}")
-    return TrainResult(run_dir, state["epoch"], state["best_epoch"], state["best_valid_loss"], state["history"])
+    return TrainResult(run_dir, state["epoch"], state["best_epoch"], state["best_valid_loss"], state["history"],
+                       config.epochs)
+
+
+def _what_is_left(run_dir: Path, state: dict) -> str:
+    """The second half of a divergence message: what is on disk, and a next step that works (--resume
+    would repeat the same steps bit for bit, and it cannot change --lr)."""
+    if not checkpoint_paths(run_dir):
+        return (f"nothing was saved (no epoch finished). Start again with a lower --lr; --out {run_dir} may "
+                "be reused, as it holds no checkpoint")
+    return (f"the last good checkpoint (epoch {state['epoch']}) is intact. --resume would repeat the same steps; "
+            "for a lower --lr start a new run (another --out)")
 
 
 @contextmanager
@@ -408,6 +449,10 @@ def _fit_pca(config: RunConfig, run_dir: Path, model: PCA, data: PixelData,
     x = data.train_batch(torch.arange(len(data.train), device=data.train.device), generator)
     model.fit(x)
     valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
+    if not all(math.isfinite(v) for v in valid.values()) or not all(
+            torch.isfinite(t).all() for t in model.state_dict().values()):
+        raise NonFiniteLossError(f"the pca fit gave a non-finite result (validation squared error "
+                                 f"{valid['squared_error']}); nothing was saved")
     record = {"epoch": 0, "step": 0, **{f"valid_{k}": v for k, v in valid.items()}}
     save_model(run_dir, model, {"kind": "model", "epoch": 0, "valid_loss": valid["loss"]})
     write_metrics(run_dir, [record])

@@ -51,7 +51,7 @@ def damage(case: str, raw: Path) -> tuple[int, list[str]]:
         return 1, [TEST_LABELS + ".gz", "not a valid gzip file"]
     if case == "missing file":
         (raw / TEST_LABELS).unlink()
-        return 1, [f"{raw} lacks {TEST_LABELS}"]
+        return 2, ["mnist files not found in --data-dir"]  # fixable in the command: --data-dir
     if case == "unknown dataset (usage)":
         return 2, ["unknown dataset 'mnistt'"]
     raise ValueError(case)

@@ -1,4 +1,6 @@
-"""CLI fuzz: random argument lists to `vaelab` exit 0, 1 or 2 and never print a traceback.
+"""CLI fuzz: random argument lists to `vaelab` exit 0, 1 or 2 and never print a traceback; a refused
+command (exit 2) writes nothing; a new run goes only into a new or empty directory; an image has the
+format its suffix names; no message shows a Python exception name.
 
 In this process through `vaelab.cli.main` (many examples), and a few through the installed `vaelab`
 console script. Bounded so that no example trains for long or touches real data: the data are a fake
@@ -10,6 +12,7 @@ writes, evaluation and sampling.
 
 import contextlib
 import functools
+import re
 import shutil
 import string
 import subprocess
@@ -37,7 +40,13 @@ TEXT = st.text(alphabet=string.ascii_letters + "-_=,:@ ", max_size=10)
 # Small numbers, and numbers too large for any allocation (they must fail at once, not fill memory).
 INT = st.one_of(st.integers(-3, 9), st.sampled_from([10**12, 2**63, -(2**63) - 1, 10**20])).map(str)
 FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), st.sampled_from(["1e-30", "-0"]))
-PATH = st.sampled_from(["out", "a/b", ".", "", "x.png", "x.txt", RUN, DATA, "missing"])
+# Paths, with the semantic cases of issue 15: an existing file, a directory holding other files, an output
+# in a folder that does not exist, image suffixes vaelab writes and one it does not.
+PATH = st.sampled_from(["out", "a/b", ".", "", "x.png", "x.txt", RUN, DATA, "missing", "afile", "notes",
+                        "nowhere/x.png", "x.jpg", "x.svg", "x.pdf", "x.gif", "X.PNG"])
+# Numbers and lists as people mistype them: digit separators, signs, empty items, limits of a model.
+INT = st.one_of(INT, st.sampled_from(["1_0", "+3", "0x10", "785", "1000", " 2"]))
+LISTS = st.sampled_from(["10,,20", "8,", ",8", "8,8", "1_0", "+8", "8, 4", "", "8;4"])
 
 
 def choice(*words: str):
@@ -46,13 +55,15 @@ def choice(*words: str):
 
 OPTIONS = {
     "train": {"--model": choice("vae", "pca", "autoencoder"), "--objective": choice("paper", "elbo", "reconstruction",
-              "squared-error"), "--latent-dim": INT, "--hidden": st.one_of(INT, choice("8,4", "4,4,4", "8,-1", ",")),
+              "squared-error"), "--latent-dim": INT,
+              "--hidden": st.one_of(INT, LISTS, choice("8,4", "4,4,4", "8,-1", ",")),
               "--epochs": st.one_of(st.integers(-2, 1).map(str), TEXT), "--batch-size": st.one_of(
-              st.sampled_from(["50", "300", "5000", "0", "-1"]), TEXT), "--lr": FLOAT, "--beta": FLOAT,
+              st.sampled_from(["50", "300", "1000", "1001", "5000", "0", "-1"]), TEXT), "--lr": FLOAT, "--beta": FLOAT,
               "--binarize": choice("dynamic", "none"), "--dataset": choice("mnist", "fashion-mnist", "kmnist"),
               "--seed": st.integers(-(2**70), 2**70).map(str), "--device": choice("cpu", "cuda", "auto"),
               "--data-dir": PATH, "--out": PATH, "--resume": PATH},
-    "evaluate": {"--data-dir": PATH, "--device": choice("cpu", "cuda", "auto"), "--nll": choice("exact", "iwae"),
+    "evaluate": {"--data-dir": PATH, "--device": choice("cpu", "cuda", "auto"),
+                 "--nll": st.one_of(choice("exact", "iwae", "exact,iwae", "exact,", "iwae,,exact", "exact,exact")),
                  "--k": st.integers(-1, 3).map(str), "--iwae-images": INT},
     "sample": {"-n": st.one_of(st.integers(-2, 20).map(str), TEXT), "-o": PATH, "--output": PATH,
                "--seed": st.integers(-(2**70), 2**70).map(str), "--device": choice("cpu", "cuda", "auto")},
@@ -78,7 +89,24 @@ def command_line(name: str):
         lambda t: [name, *t[0], *(token for pair in t[1] for token in pair), *t[2]])
 
 
-ARGV = st.one_of(*(command_line(name) for name in OPTIONS), st.lists(st.one_of(NOISE, PATH), max_size=4))
+# Whole command lines a new user types (issue 15): a model's limits, options it does not use, a resume
+# that asks for fewer epochs than done, outputs in other formats, an explicit --data-dir that lacks data.
+UNUSED_BY_PCA = st.sampled_from([[], ["--epochs", "1"], ["--lr", "0.5"], ["--beta", "3"], ["--hidden", "7"],
+                                 ["--batch-size", "3"]])
+SEMANTIC = st.one_of(
+    st.tuples(st.sampled_from(["1", "2", "784", "785", "1000"]), st.sampled_from(["10000", "10998", "10999"]),
+              UNUSED_BY_PCA).map(lambda t: ["train", "--model", "pca", "--latent-dim", t[0], "--valid-size", t[1],
+                                            *t[2], "--out", "out"]),
+    st.sampled_from([[], ["--beta", "3"], ["--beta", "1"]]).map(
+        lambda extra: ["train", "--model", "autoencoder", "--hidden", "8", *extra, "--epochs", "1", "--out", "out"]),
+    st.tuples(st.sampled_from(["0", "1", "2"]), st.sampled_from([[], ["--lr", "1e-3"], ["--out", "out"]])).map(
+        lambda t: ["train", "--resume", RUN, "--epochs", t[0], *t[1]]),
+    PATH.map(lambda path: ["train", "--hidden", "8", "--epochs", "1", "--out", path]),
+    PATH.map(lambda path: ["sample", RUN, "-n", "2", "-o", path]),
+    PATH.map(lambda path: ["evaluate", RUN, "--data-dir", path]),
+)
+ARGV = st.one_of(*(command_line(name) for name in OPTIONS), SEMANTIC, st.lists(st.one_of(NOISE, PATH), max_size=4))
+MAGIC = {".png": b"\x89PNG", ".jpg": b"\xff\xd8\xff", ".jpeg": b"\xff\xd8\xff", ".pdf": b"%PDF", ".svg": b"<?xml"}
 
 
 def bounded(argv: list[str], run_dir: Path, data_root: Path) -> list[str]:
@@ -118,13 +146,38 @@ def world(trusted_cli_mnist, tmp_path, monkeypatch):
 def test_random_command_lines_in_process(argv, world):
     with tempfile.TemporaryDirectory(dir=world) as cwd, contextlib.chdir(cwd):
         shutil.copytree(world / "run", Path(cwd) / "run")
+        (Path(cwd) / "afile").write_text("a file, not a directory")
+        (Path(cwd) / "notes").mkdir()
+        (Path(cwd) / "notes" / "todo.txt").write_text("someone else's file")
         argv = bounded(argv, Path(cwd) / "run", world / "data")
+        before = tree(Path(cwd))
         code, out, err = run_cli(argv)  # any exception other than SystemExit fails the test here
+        after = tree(Path(cwd))
     event(f"{argv[0] if argv else '(none)'} exits {code}")  # shown by --hypothesis-show-statistics
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in out + err, argv
+    assert not re.search(r"\b\w+(Error|Exception)\b|got (True|False|None)\b", err), (argv, err)
     if code:
         assert err.strip(), argv
+    if code == 2:  # refused: nothing written, moved or touched (the run's lock included)
+        assert after == before, (argv, err, changed(before, after))
+    if code == 0 and argv[:1] == ["train"] and "--out" in argv:
+        out_dir = argv[argv.index("--out") + 1]
+        held = {k for k in before if k == out_dir or k.startswith(out_dir.rstrip("/") + "/")} if out_dir != "." \
+            else set(before)
+        assert not held, (argv, "a new run went into a directory holding files", sorted(held))
+    if code == 0 and argv[:1] == ["sample"]:
+        output = next((argv[i + 1] for i, a in enumerate(argv) if a in ("-o", "--output")), "samples.png")
+        assert after[output].startswith(MAGIC[Path(output).suffix.lower()]), argv
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, relative path -> bytes (directories as b"<dir>")."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in root.rglob("*")}
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 
 def vaelab_command() -> list[str]:
