@@ -179,3 +179,33 @@ def test_bernoulli_draw_has_the_bernoulli_distribution():
     torch.testing.assert_close(draw.mean(0), p[0], atol=0.01, rtol=0)  # sd of a mean <= 0.0025
     again = bernoulli_draw(p, torch.Generator().manual_seed(0))
     assert torch.equal(draw, again)
+
+
+def test_content_is_verified_not_the_compression(mnist_root: Path, tmp_path):
+    # A distribution that re-gzips the official files (as Debian does for Fashion-MNIST) changes the .gz
+    # sum but not the content: accepted. One changed byte of content is refused, gzipped or not.
+    f = vdata.SPECS["mnist"].files["test_labels"]
+    official = vdata._present(mnist_root / "MNIST" / "raw", f)
+    content = gzip.decompress(official.read_bytes()) if official.suffix == ".gz" else official.read_bytes()
+    regzipped = tmp_path / "regzipped" / (f.name + ".gz")
+    regzipped.parent.mkdir()
+    regzipped.write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
+    assert vdata.hashlib.md5(regzipped.read_bytes()).hexdigest() != f.gz_md5  # really a different .gz
+    labels = vdata.read_idx(regzipped, f)
+    assert labels.shape == (10000,) and labels[:5].tolist() == [7, 2, 1, 0, 4]  # MNIST's first test labels
+    altered = bytearray(content)
+    altered[100] = (altered[100] + 1) % 10  # still a valid label: only the checksum can tell
+    for name, blob in (("altered.gz", gzip.compress(bytes(altered))), ("altered", bytes(altered))):
+        path = tmp_path / name / f.name
+        path.parent.mkdir()
+        path = path.with_name(f.name + (".gz" if name.endswith(".gz") else ""))
+        path.write_bytes(blob)
+        with pytest.raises(DataError, match=f"{f.name}.*: MD5 does not match the official {f.md5}"):
+            vdata.read_idx(path, f)
+
+
+def test_every_known_dataset_checks_content_sums_where_known():
+    for name, spec in vdata.SPECS.items():
+        for f in spec.files.values():
+            assert f.gz_md5 and (f.md5 is not None or name == "kmnist"), (name, f.name)
+    assert vdata.SPECS["fashion-mnist"].files["train_images"].md5 == "f4a8712d7a061bf5bd6d2ca38dc4d50a"

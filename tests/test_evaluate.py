@@ -1,6 +1,7 @@
 """evaluate_run: the logged validation numbers come back exactly, results merge into evaluation.json."""
 
 import json
+import math
 
 import pytest
 
@@ -25,7 +26,9 @@ def test_validation_numbers_equal_the_logged_ones_of_the_best_epoch(run, fake_mn
     assert result["epoch"] == best["epoch"]
     for term in ("loss", "reconstruction", "regularizer", "squared_error"):
         assert result["valid"][term] == best[f"valid_{term}"]  # same weights, same seeded noise: equal
-    assert set(result["test"]) == {"loss", "reconstruction", "regularizer", "squared_error"}
+    assert set(result["test"]) == {"loss", "reconstruction", "regularizer", "squared_error", "bits_per_dim"}
+    assert result["test"]["bits_per_dim"] == pytest.approx(result["test"]["loss"] / (math.log(2) * 784))
+    assert result["pixel_likelihood"]["name"] == "bernoulli"
     assert json.loads((run / "evaluation.json").read_text()) == result
 
 

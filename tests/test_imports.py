@@ -15,8 +15,9 @@ PACKAGE = Path(vaelab.__file__).parent
 # Bottom to top. Modules on one layer do not import each other.
 LAYERS = [
     {"version", "config", "device", "linear", "progress", "distributed", "executors", "objectives"},
-    {"data", "models"},
-    {"runfiles"},
+    {"models", "runfiles"},
+    {"sources"},
+    {"data"},
     {"checkpoint"},
     {"training", "likelihood", "classifier"},
     {"evaluate"},
@@ -29,8 +30,8 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# Within layer 1 models imports linear and objectives (layer 0: the prior's Gaussian densities), and data
-# and models stay apart.
+# models uses objectives' likelihood means and Gaussian densities (the prior p(z)); sources (your own
+# images) writes its cache with runfiles' atomic_write, and data dispatches to sources.
 
 
 def package_imports(path: Path) -> set[str]:

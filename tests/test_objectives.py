@@ -207,3 +207,102 @@ def test_evaluate_objective_passes_k_to_iwae():
     one = evaluate_objective(model, "iwae", x, seed=3, k=1)
     many = evaluate_objective(model, "iwae", x, seed=3, k=20)
     assert many["loss"] < one["loss"] and evaluate_objective(model, "iwae", x, seed=3, k=20) == many
+
+
+# --- pixel likelihoods: each a normalised density (or distribution) of one pixel --------------------
+
+def _trapezoid(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return ((f[1:] + f[:-1]) / 2 * (x[1:] - x[:-1])[:, None]).sum(0)
+
+
+def test_continuous_bernoulli_integrates_to_one_for_every_lambda():
+    from vaelab.objectives import pixel_log_prob
+
+    logits = torch.tensor([-30.0, -8.0, -1.0, -0.1, -1e-3, 0.0, 1e-4, 0.05, 0.0999, 0.1001, 2.0, 15.0],
+                          dtype=torch.float64)
+    x = torch.linspace(0, 1, 200001, dtype=torch.float64)  # (X,)
+    density = pixel_log_prob("continuous-bernoulli", logits[None, :, None], x[:, None, None]).exp()  # (X, L)
+    torch.testing.assert_close(_trapezoid(density, x), torch.ones_like(logits), atol=2e-6, rtol=0)
+
+
+def test_continuous_bernoulli_log_norm_series_meets_the_closed_form():
+    from vaelab.objectives import CB_TAYLOR_BELOW, continuous_bernoulli_log_norm, continuous_bernoulli_mean
+
+    logit = torch.tensor([1e-8, 1e-3, 0.05, CB_TAYLOR_BELOW * 0.999, CB_TAYLOR_BELOW * 1.001, 0.5, 4.0, -0.07],
+                     dtype=torch.float64)
+    closed = torch.log(logit / torch.tanh(logit / 2))  # C(λ) = l / tanh(l/2), exact in float64 away from l = 0
+    torch.testing.assert_close(continuous_bernoulli_log_norm(logit)[1:], closed[1:], atol=1e-9, rtol=0)
+    assert abs(float(continuous_bernoulli_log_norm(torch.zeros(1))) - math.log(2)) < 1e-7  # C(½) = 2
+    lam = torch.sigmoid(logit)
+    closed_mean = lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
+    torch.testing.assert_close(continuous_bernoulli_mean(logit)[2:], closed_mean[2:], atol=1e-9, rtol=0)
+    # float32 near λ = ½ (where the closed forms are 0/0): finite, smooth and with finite gradients
+    near = torch.linspace(-0.2, 0.2, 401, requires_grad=True)
+    values = continuous_bernoulli_log_norm(near)
+    values.sum().backward()
+    assert torch.isfinite(values).all() and torch.isfinite(near.grad).all()
+    assert (values.detach().diff().abs() < 1e-3).all()
+
+
+def test_continuous_bernoulli_mean_is_the_mean_of_the_density():
+    from vaelab.objectives import continuous_bernoulli_mean, pixel_log_prob
+
+    logits = torch.tensor([-5.0, -0.3, 0.02, 1.5], dtype=torch.float64)
+    x = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    density = pixel_log_prob("continuous-bernoulli", logits[None, :, None], x[:, None, None]).exp()
+    torch.testing.assert_close(_trapezoid(density * x[:, None], x), continuous_bernoulli_mean(logits),
+                               atol=1e-6, rtol=0)
+
+
+def test_gaussian_integrates_to_one_and_its_scale_is_learned_per_pixel():
+    from vaelab.objectives import GAUSSIAN_MIN_SCALE, gaussian_scale, pixel_log_prob
+
+    logits = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    raw = torch.tensor([-6.0, -2.0, 0.5], dtype=torch.float64)  # one scale per pixel
+    x = torch.linspace(-8, 10, 800001, dtype=torch.float64)  # ±8 of the widest scale (0.98)
+    density = pixel_log_prob("gaussian", logits[None, :, None], x[:, None, None], raw_scale=raw[:, None]).exp()
+    torch.testing.assert_close(_trapezoid(density, x), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert float(gaussian_scale(torch.tensor(-100.0))) == pytest.approx(GAUSSIAN_MIN_SCALE)
+    reference = torch.distributions.Normal(torch.sigmoid(logits), gaussian_scale(raw)).log_prob(torch.full((3,), 0.3))
+    torch.testing.assert_close(pixel_log_prob("gaussian", logits, torch.full((3,), 0.3), raw_scale=raw),
+                               reference.sum())
+
+
+def test_bernoulli_sums_to_one_and_affine_forms_equal_the_log_probs():
+    from vaelab.objectives import affine_log_prob, pixel_log_prob
+
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)) * 3
+    p0 = pixel_log_prob("bernoulli", logits[..., None], torch.zeros(1)).exp()
+    p1 = pixel_log_prob("bernoulli", logits[..., None], torch.ones(1)).exp()
+    torch.testing.assert_close(p0 + p1, torch.ones(4, 6))
+    x = torch.rand(4, 6, generator=torch.Generator().manual_seed(1))
+    for name in ("bernoulli", "continuous-bernoulli"):
+        weight, offset = affine_log_prob(name, logits)
+        torch.testing.assert_close((x * weight + offset).sum(-1), pixel_log_prob(name, logits, x))
+    assert affine_log_prob("gaussian", logits) is None
+
+
+def test_bits_per_dim():
+    from vaelab.objectives import bits_per_dim
+
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+    assert bits_per_dim(-3072 * math.log(2) * 2, 3 * 32 * 32) == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("likelihood", ["continuous-bernoulli", "gaussian"])
+def test_iwae_and_a_learned_prior_under_the_continuous_likelihoods(likelihood):
+    """Issue 12 x issue 13: IWAE's reconstruction is the run's own pixel likelihood; k = 1 is the ELBO."""
+    from vaelab.config import RunConfig
+    from vaelab.models import init_model
+    from vaelab.objectives import decoder_nll
+
+    model = init_model(RunConfig(objective="iwae", k=2, prior="mog:3", likelihood=likelihood, binarize="none",
+                                 arch="conv", image_shape=(1, 8, 8), hidden=(16,)))
+    x = torch.rand(5, 64, generator=torch.Generator().manual_seed(1))
+    e = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    elbo = elbo_objective(model, x, noise=e)
+    iwae = iwae_objective(model, x, k=1, noise=e[:, None])
+    for name in ("loss", "reconstruction", "regularizer"):
+        assert torch.equal(iwae[name], elbo[name]), name
+    m, logvar = model.encode(x)
+    torch.testing.assert_close(elbo["reconstruction"], decoder_nll(model, m + (0.5 * logvar).exp() * e, x))

@@ -7,8 +7,10 @@
     z = run.encode(x[:8])            # (8, D)
     images = run.decode(z)           # (8, 28, 28) in [0, 1]
 
-Images may be given as (N, P), (N, H, W) or (N, 1, H, W) with P = H·W, uint8 in 0-255 or float in
-[0, 1], torch tensors or numpy arrays; outputs are torch tensors on the run's device (CPU by default).
+Images may be given as (N, P), (N, H, W) or (N, 1, H, W) with P = H·W (grey), or (N, C, H, W) or
+(N, H, W, C) with P = C·H·W (colour), uint8 in 0-255 or float in [0, 1], torch tensors or numpy arrays;
+outputs are torch tensors on the run's device (CPU by default): images (N, H, W) for grey runs,
+(N, C, H, W) for colour ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from .checkpoint import load_trained
 from .config import RunConfig
-from .data import image_shape, load_images
+from .data import load_images, output_shape
 from .device import resolve_device
 from .evaluate import evaluate_run
 from .models import PCA, decode_to_pixels, encode_mean, model_device, quantile_grid, sample_images
@@ -43,21 +45,39 @@ def load_mnist(split: str = "test", *, binarize: str = "dynamic",
 
 
 def load_dataset(name: str, split: str = "test", *, binarize: str = "dynamic",
-                 data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`load_mnist` for any dataset vaelab knows by name ("mnist", "fashion-mnist", "kmnist")."""
-    return load_images(name, split, binarize=binarize, data_dir=data_dir)
+                 data_dir: str | Path | None = None, **source_options) -> tuple[torch.Tensor, torch.Tensor]:
+    """`load_mnist` for any dataset: "mnist", "fashion-mnist", "kmnist", or your own images, "folder:PATH"
+    (a folder of image files, flat or one sub-folder per class) or "npz:PATH" (arrays x and y).
+
+    Images (N, H, W) if grey, (N, C, H, W) if colour, float32 in [0, 1]; labels (N,) int64 (-1: none).
+    For a folder or array: `source_options` seed (0), valid_fraction (0.1), test_fraction (0.1),
+    channels (None: 1 if all grey), image_size ((H, W); None: the images' own), skip_bad (False): the
+    same split as a run trained with those values (`Run.images` gives a run's own).
+    """
+    return load_images(name, split, binarize=binarize, data_dir=data_dir, **source_options)
+
+
+def accepted_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The per-image shapes `as_pixels` takes for images of `shape`: (H, W) grey or (C, H, W)."""
+    if len(shape) == 2 or shape[0] == 1:
+        hw = tuple(shape[-2:])
+        return [(math.prod(hw),), hw, (1, *hw)]
+    c, h, w = shape
+    return [(c * h * w,), (c, h, w), (h, w, c)]
 
 
 def as_pixels(x, shape: tuple[int, ...], *, what: str = "images") -> torch.Tensor:
     """Images in any accepted form -> float32 (N, P) in [0, 1]; ValueError saying what came otherwise.
 
-    Accepted: torch tensors or numpy arrays of shape (N, P), (N, *shape) or (N, 1, *shape), where
-    P = prod(shape), holding uint8 0-255 (divided by 255), bool, or floats in [0, 1].
+    Accepted: torch tensors or numpy arrays of shape (N, P), (N, H, W) or (N, 1, H, W) for grey
+    `shape` (H, W) or (1, H, W); (N, P), (N, C, H, W) or channels-last (N, H, W, C) for colour
+    `shape` (C, H, W); P = prod(shape); holding uint8 0-255 (divided by 255), bool, or floats in [0, 1].
     """
     n_pixels = math.prod(shape)
     dims = "x".join(map(str, shape))
-    expected = (f"{what} as a torch tensor or numpy array of shape (N, {n_pixels}), (N, {', '.join(map(str, shape))}) "
-                f"or (N, 1, {', '.join(map(str, shape))}), uint8 0-255 or float in [0, 1]")
+    forms = accepted_shapes(shape)
+    expected = (f"{what} as a torch tensor or numpy array of shape "
+                f"{', '.join('(N, ' + ', '.join(map(str, f)) + ')' for f in forms)}, uint8 0-255 or float in [0, 1]")
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise ValueError(f"expected {expected}; got a numpy array of Python objects")
@@ -65,7 +85,9 @@ def as_pixels(x, shape: tuple[int, ...], *, what: str = "images") -> torch.Tenso
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected {expected}; got {type(x).__name__}")
     given = f"shape {tuple(x.shape)}, dtype {str(x.dtype).removeprefix('torch.')}"
-    if x.shape[1:] in (torch.Size([n_pixels]), torch.Size(shape), torch.Size([1, *shape])) and x.ndim >= 2:
+    if x.ndim >= 2 and tuple(x.shape[1:]) in forms:
+        if len(forms[2]) == 3 and tuple(x.shape[1:]) == forms[2] and forms[2][2] != forms[1][0]:
+            x = x.permute(0, 3, 1, 2)  # channels last -> (N, C, H, W)
         x = x.reshape(len(x), n_pixels)
     else:
         raise ValueError(f"expected {expected} ({dims} images); got {given}")
@@ -87,7 +109,8 @@ class Run:
     notebook does with them. Make one with `vaelab.load_run(path)`.
 
     Attributes: `path` (the run directory), `config` (its RunConfig), `model` (the torch module, in
-    eval mode), `device`, `epoch` (the epoch whose weights were loaded), `image_shape` ((H, W)).
+    eval mode), `device`, `epoch` (the epoch whose weights were loaded), `image_shape` (of the images it
+    hands out: (H, W) for grey runs such as MNIST's (28, 28), (C, H, W) for colour; from its config).
     Images come in any form `as_pixels` accepts; codes are float tensors (N, D) with D =
     `config.latent_dim`; every output is a torch tensor on `device`, computed without gradients.
     """
@@ -98,7 +121,7 @@ class Run:
         self.model = model
         self.device = model_device(model)
         self.epoch = meta.get("epoch")
-        self.image_shape = image_shape(config.dataset)
+        self.image_shape = output_shape(config.image_shape or (1, 28, 28))
 
     def __repr__(self) -> str:
         c = self.config
@@ -140,8 +163,9 @@ class Run:
 
     @torch.no_grad()
     def decode(self, z) -> torch.Tensor:
-        """Mean images (N, H, W) in [0, 1] of codes z (N, D): Bernoulli means (sigmoid of the decoder's
-        logits), or PCA's linear decode clamped to [0, 1]."""
+        """Mean images (N, H, W) (colour: (N, C, H, W)) in [0, 1] of codes z (N, D): the means E[x|z] of the
+        run's pixel likelihood (Bernoulli: sigmoid of the decoder's logits), or PCA's linear decode clamped
+        to [0, 1]."""
         return self._images(decode_to_pixels(self.model, self._codes(z)))
 
     @torch.no_grad()
@@ -172,13 +196,13 @@ class Run:
     def _single(self, x, name: str):
         """One image in any form -> a batch of one (validated by as_pixels)."""
         shape = getattr(x, "shape", None)
-        n_pixels = math.prod(self.image_shape)
-        if shape is not None and tuple(shape) in ((n_pixels,), tuple(self.image_shape), (1, *self.image_shape)):
-            return x.reshape(1, n_pixels)
+        if shape is not None and tuple(shape) in accepted_shapes(self.image_shape):
+            return x[None]
         if shape is not None and len(shape) >= 1 and shape[0] == 1:
             return x
-        raise ValueError(f"{name}: expected one image of shape ({n_pixels},), {tuple(self.image_shape)} or a batch "
-                         f"of one; got {('shape ' + str(tuple(shape))) if shape is not None else type(x).__name__}")
+        forms = ", ".join(str(f) for f in accepted_shapes(self.image_shape))
+        got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
+        raise ValueError(f"{name}: expected one image of shape {forms} or a batch of one; got {got}")
 
     @torch.no_grad()
     def latent_grid(self, n: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +223,16 @@ class Run:
         if isinstance(self.model, PCA):
             codes = codes * self.model.variances.sqrt()
         return self.decode(codes), codes
+
+    def images(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of `split` ("train" | "valid" | "test") exactly as this run was trained and
+        evaluated on them (its dataset, split, binarization): images as `decode` returns them."""
+        c = self.config
+        if c.is_source:
+            options = {"seed": c.seed, "valid_fraction": c.valid_fraction, "test_fraction": c.test_fraction,
+                       "channels": c.channels, "image_size": c.image_size, "skip_bad": c.skip_bad}
+            return load_images(c.dataset, split, binarize=c.binarize, eval_seed=c.eval_seed, **options)
+        return load_images(c.dataset, split, binarize=c.binarize, eval_seed=c.eval_seed, valid_size=c.valid_size)
 
     def metrics(self) -> list[dict]:
         """metrics.jsonl as a list of dicts, one per epoch (train_* and valid_* terms in nats per image)."""

@@ -34,6 +34,7 @@ from .config import (
     RunConfig,
     check_options_apply,
     parse_hidden,
+    parse_image_size,
     parse_number,
     parse_path,
     parse_whole,
@@ -151,8 +152,26 @@ def train(
     lr: Annotated[float | None, typer.Option(click_type=NUMBER, help=f"Adam learning rate  [default: {D.lr}]")] = None,
     beta: Annotated[float | None, typer.Option(
         click_type=NUMBER, help=f"Weight on the regulariser (vae)  [default: {D.beta:g}]")] = None,
-    binarize: Annotated[str | None, typer.Option(help=f"dynamic | none  [default: {D.binarize}]")] = None,
-    dataset: Annotated[str | None, typer.Option(help=f"mnist | fashion-mnist | kmnist  [default: {D.dataset}]")] = None,
+    binarize: Annotated[str | None, typer.Option(
+        help="dynamic | none  [default: dynamic for the bernoulli likelihood, none for the others]")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help=f"mnist | fashion-mnist | kmnist | folder:PATH (image files) | npz:PATH (.npz with x, y; or .npy)  "
+        f"[default: {D.dataset}]")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"mlp | conv  [default: {D.arch}]")] = None,
+    likelihood: Annotated[str | None, typer.Option(
+        help="p(x|z) per pixel: bernoulli (binary pixels) | continuous-bernoulli | gaussian (intensities in "
+        f"[0, 1])  [default: {D.likelihood}]")] = None,
+    channels: Annotated[int | None, typer.Option(click_type=WHOLE,
+        help="folder/npz: 1 (grey) or 3 (colour)  [default: 1 if every image is grey, else 3]")] = None,
+    image_size: Annotated[str | None, typer.Option(
+        help="folder/npz: resize to HxW, e.g. 32x32  [default: the images' common size]")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(click_type=NUMBER,
+        help=f"folder/npz: share held out for validation, drawn with --seed  [default: {D.valid_fraction}]")] = None,
+    test_fraction: Annotated[float | None, typer.Option(click_type=NUMBER,
+        help=f"folder/npz: share held out for test (unless train/ and test/ folders)  "
+        f"[default: {D.test_fraction}]")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="folder: skip files that are not images or are truncated (and say how many)")] = False,
     seed: Annotated[int | None, typer.Option(click_type=WHOLE, help=f"Random seed  [default: {D.seed}]")] = None,
     valid_size: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Images held out from the end of the training set for validation  [default: {D.valid_size}]")] = None,
@@ -170,8 +189,10 @@ def train(
 
     given = {"model": model, "objective": objective, "latent_dim": latent_dim, "hidden": hidden,
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
-             "seed": seed, "valid_size": valid_size, "precision": precision, "k": k, "prior": prior,
-             "warmup": warmup, "lr_schedule": lr_schedule, "preset": preset}
+             "seed": seed, "valid_size": valid_size, "precision": precision, "arch": arch, "likelihood": likelihood,
+             "channels": channels, "image_size": image_size, "valid_fraction": valid_fraction,
+             "test_fraction": test_fraction, "skip_bad": skip_bad or None,
+             "k": k, "prior": prior, "warmup": warmup, "lr_schedule": lr_schedule, "preset": preset}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:
@@ -194,6 +215,8 @@ def train(
                                f"{values['objective']!r}")
         if hidden is not None:
             values["hidden"] = parse_hidden(hidden)
+        if image_size is not None:
+            values["image_size"] = parse_image_size(image_size)
         if epochs is not None:
             values["epochs"] = epochs
         check_options_apply(kind, [k for k, v in {**given, "epochs": epochs}.items() if v is not None])
@@ -253,12 +276,15 @@ def evaluate(
         raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")
     result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=estimators or None,
                           k=k if k is not None else IWAE_K, iwae_images=iwae_images, classifier=classifier)
-    typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image:")
-    typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}")
+    pixels = result.get("pixel_likelihood")
+    typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image"
+               + (f"; nats under the {pixels['description']} likelihood:" if pixels else ":"))
+    typer.echo(f"  {'split':6} {'loss':>10} {'recon':>10} {'regul.':>10} {'sq. error':>10}"
+               + (f" {'bits/dim':>10}" if pixels else ""))
     for split in ("valid", "test"):
         r = result[split]
         typer.echo(f"  {split:6} {r['loss']:10.3f} {r['reconstruction']:10.3f} {r['regularizer']:10.3f} "
-                   f"{r['squared_error']:10.3f}")
+                   f"{r['squared_error']:10.3f}" + (f" {r['bits_per_dim']:10.4f}" if pixels else ""))
     if estimators:
         from .likelihood import summary_lines
 
@@ -286,8 +312,9 @@ def sample(
     from .models import sample_images
 
     check_output_file(output)  # before loading anything
-    model, _, _ = load_trained(run_dir, device)
-    image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16))
+    model, config, _ = load_trained(run_dir, device)
+    image_grid(sample_images(model, n, seed=seed), output, nrow=min(n, 8 if n <= 64 else 16),
+               shape=config.image_shape or (1, 28, 28))
     typer.echo(f"wrote {plural(n, 'sample')} to {output}")
 
 
@@ -317,6 +344,12 @@ def reproduce(
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="[ADDRESS]", help="Train the runs as Ray tasks on the Ray cluster at ADDRESS; without "
         "ADDRESS, on a Ray started on this machine (pip install 'vaelab[ray]')")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="mnist | fashion-mnist | kmnist | folder:PATH | npz:PATH (your own images: no classifier scores)  "
+        f"[default: {D.dataset}]")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"mlp | conv  [default: {D.arch}]")] = None,
+    likelihood: Annotated[str | None, typer.Option(
+        help=f"bernoulli | continuous-bernoulli | gaussian  [default: {D.likelihood}]")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
@@ -331,7 +364,10 @@ def reproduce(
                 else Executor("processes", workers=workers) if workers > 1 else Executor())
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images)
-    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device, executor=executor)
+    choices = {"dataset": dataset, "arch": arch, "likelihood": likelihood}
+    base = RunConfig(**{k: v for k, v in choices.items() if v is not None})
+    index = run_reproduce(out, settings=settings, force=force, data_dir=data_dir, device=device, base=base,
+                          executor=executor)
     typer.echo(f"wrote {index} (table: {out / 'results.md'})")
 
 

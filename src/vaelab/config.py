@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 MODELS = ("pca", "autoencoder", "vae")
 OBJECTIVES = ("paper", "elbo", "iwae", "reconstruction", "squared-error")
 BINARIZE = ("dynamic", "none")
-DATASETS = ("mnist", "fashion-mnist", "kmnist")
+DATASETS = ("mnist", "fashion-mnist", "kmnist")  # known by name; also "folder:PATH" and "npz:PATH" (data.py)
+SOURCE_PREFIXES = ("folder:", "npz:")  # your own images: a directory of image files, or an .npz / .npy array
+ARCHS = ("mlp", "conv")
+# p(x|z) of one pixel (objectives.py): Bernoulli for binary pixels; for intensities in [0, 1] the continuous
+# Bernoulli (Loaiza-Ganem & Cunningham 2019) or a Gaussian with a learned per-pixel scale.
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
+MNIST_SHAPE = (1, 28, 28)  # (C, H, W) of the datasets known by name
 PRECISIONS = ("float32", "bfloat16")
 PRIORS = ("standard", "mog", "vamp")  # p(z): N(0, I), a learned mixture of Gaussians, the VampPrior
 LR_SCHEDULES = ("constant", "cosine")
@@ -72,27 +79,61 @@ class RunConfig:
     batch_size: int = DEFAULT_BATCH_SIZE  # minibatch size for Adam (why 512 and 2e-3: README "Defaults", measured)
     lr: float = 2e-3  # Adam learning rate
     beta: float = 1.0  # weight on the regulariser (paper penalty or KL); 1 is the paper / the ELBO
-    binarize: str = "dynamic"  # "dynamic": fresh Bernoulli draw per epoch; "none": grayscale in [0, 1]
-    dataset: str = "mnist"  # "mnist" | "fashion-mnist" | "kmnist"
-    seed: int = 0  # seeds weight init, shuffling, dynamic binarization and the VAE noise
+    # "dynamic": fresh Bernoulli draw per epoch; "none": intensities in [0, 1]. Default (None): "dynamic" for
+    # the Bernoulli likelihood, "none" for the continuous ones (they model the intensities themselves)
+    binarize: str | None = None
+    dataset: str = "mnist"  # "mnist" | "fashion-mnist" | "kmnist" | "folder:PATH" | "npz:PATH" (.npz or .npy)
+    seed: int = 0  # seeds weight init, shuffling, dynamic binarization, the VAE noise and a source's own split
     eval_seed: int = 1234  # fixed seed: binarizes validation/test once, draws the validation noise
     valid_size: int = 10000  # the last images of the official training set held out for validation
-    n_pixels: int = 784  # 28 x 28 input images
+    # (C, H, W) of one image. Known datasets: (1, 28, 28). A folder / array source: None until its data is
+    # loaded; `vaelab train` records the shape it found. None with a custom n_pixels: flat vectors (MLP only)
+    image_shape: tuple[int, ...] | None = None
+    n_pixels: int | None = None  # C·H·W, filled in from image_shape (kept: config.json files have always held it)
+    arch: str = "mlp"  # "mlp" (the paper's) | "conv": strided convolutions down, transposed convolutions up
+    likelihood: str = "bernoulli"  # p(x|z) per pixel: "bernoulli" | "continuous-bernoulli" | "gaussian"
     precision: str = "float32"  # "bfloat16": training's matmuls under bfloat16 autocast (native bf16 only)
     k: int = 1  # importance samples per image of the iwae objective (Burda et al. 2016); 1 for the others
     prior: str = "standard"  # p(z): "standard" N(0, I) | "mog:K" K learned Gaussians | "vamp:K" K pseudo-inputs
     warmup: int = 0  # epochs over which the KL weight rises linearly (per step) from 0 to beta; 0: none
     lr_schedule: str = "constant"  # "constant" | "cosine": lr·½(1 + cos(π·step / total steps of `epochs`))
     preset: str | None = None  # the PRESETS name this config was expanded from (recorded; None: none)
+    # Folder and array sources only (ignored for the known datasets, which have their own split):
+    valid_fraction: float = 0.1  # share of the images held out for validation, drawn with `seed`
+    test_fraction: float = 0.1  # share held out for test (a source with train/ and test/ folders keeps its own)
+    channels: int | None = None  # 1 (grey) or 3 (colour); None: 1 if every image is grey, else 3
+    image_size: tuple[int, ...] | None = None  # (H, W) to resize to; None: the images' common size
+    skip_bad: bool = False  # skip (and count) files that are not images or are truncated, instead of failing
+    classes: tuple[str, ...] = ()  # class names of a folder with one sub-folder per class (label = index)
+    fingerprint: str | None = None  # the source's content key when the run was trained (a later change is noticed)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        set_ = object.__setattr__  # frozen: normalise the JSON-loaded lists and fill in derived fields
+        set_(self, "hidden", tuple(int(h) for h in self.hidden))
+        set_(self, "classes", tuple(self.classes))
+        for name in ("image_shape", "image_size"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, tuple(value))
+        if self.binarize is None:
+            set_(self, "binarize", "dynamic" if self.likelihood == "bernoulli" else "none")
+        # Old config.json files hold n_pixels = 784 and no image_shape: MNIST's 1 x 28 x 28.
+        if self.image_shape is None and self.dataset in DATASETS and self.n_pixels in (None, 784):
+            set_(self, "image_shape", MNIST_SHAPE)
+        if self.image_shape is not None and self.n_pixels is None:
+            set_(self, "n_pixels", math.prod(self.image_shape))
         check(self)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
+        for name in ("hidden", "classes", "image_shape", "image_size"):
+            d[name] = list(d[name]) if d[name] is not None else None
         return d
+
+    @property
+    def is_source(self) -> bool:
+        """Whether the dataset is your own (a folder or an array file) rather than one known by name."""
+        return self.dataset.startswith(SOURCE_PREFIXES)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> RunConfig:
@@ -123,7 +164,15 @@ def check(c: RunConfig) -> None:
     choice("model", c.model, MODELS)
     choice("objective", c.objective, OBJECTIVES)
     choice("binarize mode", c.binarize, BINARIZE)
-    choice("dataset", c.dataset, DATASETS)
+    choice("architecture", c.arch, ARCHS)
+    choice("likelihood", c.likelihood, LIKELIHOODS)
+    if not c.is_source:
+        choice("dataset", c.dataset, DATASETS + ("folder:PATH", "npz:PATH"))
+    elif not c.dataset.split(":", 1)[1]:
+        raise ConfigError(f"dataset {c.dataset!r} names no path; write {c.dataset}PATH")
+    if c.likelihood != "bernoulli" and c.binarize != "none":
+        raise ConfigError(f"the {c.likelihood} likelihood models intensities in [0, 1]; binarized pixels are "
+                          "binary: use the bernoulli likelihood, or binarize 'none'")
     choice("precision", c.precision, PRECISIONS)
     choice("learning-rate schedule", c.lr_schedule, LR_SCHEDULES)
     if c.preset is not None:
@@ -133,13 +182,35 @@ def check(c: RunConfig) -> None:
             f"model {c.model!r} cannot train on objective {c.objective!r}; "
             f"use: {', '.join(ALLOWED_OBJECTIVES[c.model])}"
         )
-    positive = {"latent dim": c.latent_dim, "batch size": c.batch_size, "valid size": c.valid_size,
-                "pixel count": c.n_pixels}
+    positive = {"latent dim": c.latent_dim, "batch size": c.batch_size, "valid size": c.valid_size}
+    if c.n_pixels is not None:
+        positive["pixel count"] = c.n_pixels
     for name, value in positive.items():
         if not _whole(value) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {shown(value)}")
     if not _whole(c.epochs) or c.epochs < 0:
         raise ConfigError(f"epochs must be a whole number >= 0, got {shown(c.epochs)}")
+    if c.image_shape is not None:
+        if len(c.image_shape) != 3 or any(not _whole(v) or v < 1 for v in c.image_shape):
+            raise ConfigError(f"image shape must be (C, H, W) of whole numbers >= 1, got {list(c.image_shape)}")
+        if c.n_pixels != math.prod(c.image_shape):
+            raise ConfigError(f"pixel count {c.n_pixels} does not match image shape {list(c.image_shape)}")
+    if c.arch == "conv" and c.model != "pca" and c.image_shape is None and not c.is_source:
+        raise ConfigError("the conv architecture needs the image shape (C, H, W); flat vectors take --arch mlp")
+    given = [name for name, value in (("channels", c.channels), ("image size", c.image_size),
+                                      ("skip bad", c.skip_bad or None)) if value is not None]
+    if given and not c.is_source:
+        raise ConfigError(f"{', '.join(given)}: options of folder:PATH and npz:PATH sources, not of {c.dataset}")
+    if c.channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 (grey) or 3 (colour), got {shown(c.channels)}")
+    if c.image_size is not None and (len(c.image_size) != 2 or any(v < 1 for v in c.image_size)):
+        raise ConfigError(f"image size must be HxW with whole numbers >= 1, got {list(c.image_size)}")
+    for name, value in (("valid fraction", c.valid_fraction), ("test fraction", c.test_fraction)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {shown(value)}")
+    if c.valid_fraction <= 0 or c.valid_fraction + c.test_fraction >= 1:
+        raise ConfigError(f"valid fraction ({c.valid_fraction}) must be > 0 and leave training images "
+                          f"(valid + test fractions < 1, got {c.valid_fraction + c.test_fraction:g})")
     if not c.hidden or any(h < 1 for h in c.hidden):
         raise ConfigError(f"hidden sizes must be one or more whole numbers >= 1, got {shown(list(c.hidden))}")
     if not (c.lr > 0 and c.lr < float("inf")):
@@ -283,6 +354,18 @@ def parse_path(text: str, option: str) -> str:
     if text.strip() == "" or "\0" in text:
         raise ConfigError(f"{option} takes a path, got {text!r}")
     return text
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'64x48' -> (64, 48) (H, W), with a clear error for anything else."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"--image-size takes HxW like 64x48 (height x width in pixels), got {text!r}")
+    return size
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:

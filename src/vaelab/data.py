@@ -1,4 +1,5 @@
-"""MNIST-format data: find or download the IDX files, verify them, parse, split, binarize.
+"""The datasets: find or download MNIST-format IDX files, verify them, parse; or read your own images
+(sources.py: "folder:PATH", "npz:PATH"); split, scale to [0, 1], binarize.
 
 LeCun et al.'s IDX format (also used by Fashion-MNIST and KMNIST), in the `ROOT/<Name>/raw/` layout
 that torchvision uses. All images stay in memory as tensors: MNIST is 47 MB as uint8.
@@ -6,10 +7,13 @@ that torchvision uses. All images stay in memory as tensors: MNIST is 47 MB as u
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.client
+import math
 import os
+import sys
 import tempfile
 import urllib.request
 import zlib
@@ -19,14 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import SOURCE_PREFIXES, ConfigError, RunConfig
+from .sources import DataError, read_source
 
 ENV_DATA = "VAELAB_DATA"  # environment variable: a data root to search after --data-dir
 ENV_CACHE = "VAELAB_CACHE"  # environment variable: overrides the cache directory
-
-
-class DataError(RuntimeError):
-    """The data could not be found or is damaged; the message names the file and the problem."""
 
 
 class DataNotFoundError(DataError):
@@ -37,8 +38,8 @@ class DataNotFoundError(DataError):
 @dataclass(frozen=True)
 class IdxFile:
     name: str  # file name without ".gz"
-    md5: str | None  # MD5 of the uncompressed file, where the publisher gives it
-    gz_md5: str  # MD5 of the published .gz file
+    md5: str | None  # MD5 of the decompressed content: what every load checks (None: structural checks only)
+    gz_md5: str  # MD5 of the published .gz file: checked only on a fresh download (`fetch`)
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,21 @@ SPECS = {
         ),
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     ),
-    # Fashion-MNIST and KMNIST publish sums of the .gz files only; uncompressed copies get the
-    # structural checks (magic number, sizes) but no checksum.
+    # Loads check the decompressed content, never the compression: a distribution that re-gzips the
+    # files (Debian's dataset-fashion-mnist does) ships the same bytes under a different .gz sum.
+    # Fashion-MNIST's content sums are those of its official files, decompressed (checked: Debian's
+    # dataset-fashion-mnist 0.0~git20200523.55506a9-1 has other .gz sums and exactly these contents).
+    # KMNIST's publisher gives .gz sums only and none for the content could be found, so its loads get
+    # the structural checks (magic number, sizes) and only a download is checked by its .gz sum.
     "fashion-mnist": DatasetSpec(
         "fashion-mnist", "FashionMNIST",
         _files(
-            md5={},
+            md5={
+                "train_images": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                "train_labels": "9018921c3c673c538a1fc5bad174d6f9",
+                "test_images": "8181f5470baa50b63fa0f6fddb340f0a",
+                "test_labels": "15d484375f8d13e6eb1aabb0c3f46965",
+            },
             gz_md5={
                 "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
                 "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
@@ -207,32 +217,24 @@ def fetch(f: IdxFile, mirrors: tuple[str, ...], raw: Path, *, timeout: float = 3
 
 
 def read_idx(path: Path, f: IdxFile, *, verify: bool = True) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) into a uint8 array, checking structure and MD5.
+    """Parse one IDX file (gzipped or not) into a uint8 array, checking structure and content MD5.
 
-    Returns (N, rows * cols) for images and (N,) for labels. Raises DataError naming the file.
+    The MD5 is of the decompressed content, so a re-gzipped copy of the official file is accepted and
+    an altered one refused whatever its compression. Returns (N, rows * cols) for images and (N,) for
+    labels. Raises DataError naming the file.
     """
     try:
         blob = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     if path.suffix == ".gz":
-        if verify and hashlib.md5(blob).hexdigest() != f.gz_md5:
-            # Keep going: a structural message is more useful when the file is obviously broken.
-            gz_ok = False
-        else:
-            gz_ok = True
         try:
             blob = gzip.decompress(blob)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: not a valid gzip file ({e})") from None
-    else:
-        gz_ok = True
-    array = parse_idx(blob, path)
-    if verify:
-        if not gz_ok:
-            raise DataError(f"{path}: MD5 does not match the official {f.gz_md5} (file altered or corrupt)")
-        if path.suffix != ".gz" and f.md5 is not None and hashlib.md5(blob).hexdigest() != f.md5:
-            raise DataError(f"{path}: MD5 does not match the official {f.md5} (file altered or corrupt)")
+    array = parse_idx(blob, path)  # a structural message first: more useful for an obviously broken file
+    if verify and f.md5 is not None and hashlib.md5(blob).hexdigest() != f.md5:
+        raise DataError(f"{path}: MD5 does not match the official {f.md5} (content altered or corrupt)")
     return array
 
 
@@ -262,7 +264,8 @@ def parse_idx(blob: bytes, path: Path) -> np.ndarray:
 
 @dataclass
 class Splits:
-    """uint8 images (N, 784) and int64 labels (N,) for the three splits."""
+    """Images (N, P) with P = C·H·W (uint8 0-255, or float32 in [0, 1] from a float array) and int64
+    labels (N,) (-1: none) for the three splits."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -270,11 +273,18 @@ class Splits:
     valid_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of one image
+    classes: tuple[str, ...] = ()  # label -> class name, for a folder with class sub-folders
+    fingerprint: str | None = None  # a folder / array source's content key (sources.Decoded.fingerprint)
 
 
 def load_splits(dataset: str = "mnist", data_dir: str | Path | None = None, *, valid_size: int = 10000,
                 download: bool = True) -> Splits:
-    """Official training set -> train + validation (its last `valid_size` images), official test set."""
+    """Official training set -> train + validation (its last `valid_size` images), official test set.
+
+    Known datasets only; a folder or array source: `source_splits`."""
+    if dataset.startswith(SOURCE_PREFIXES):
+        return source_splits(dataset)
     if dataset not in SPECS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
     spec = SPECS[dataset]
@@ -298,6 +308,47 @@ def load_splits(dataset: str = "mnist", data_dir: str | Path | None = None, *, v
     )
 
 
+def source_splits(dataset: str, *, seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+                  channels: int | None = None, image_size: tuple[int, int] | None = None, skip_bad: bool = False,
+                  log=None) -> Splits:
+    """A 'folder:PATH' or 'npz:PATH' source (sources.read_source), split into train / valid / test.
+
+    Without a split of its own the images are shuffled with `seed` and the first `valid_fraction` and
+    `test_fraction` of them (rounded, at least one each when the fraction is > 0) held out; with
+    train/ and test/ folders those are kept, and validation is drawn from train/ (or is valid/).
+    """
+    kwargs = {} if log is None else {"log": log}
+    decoded = read_source(dataset, channels=channels, image_size=image_size, skip_bad=skip_bad,
+                          cache=cache_dir() / "sources", **kwargs)
+    x = torch.from_numpy(decoded.x.reshape(len(decoded.x), -1))  # (N, P)
+    y = torch.from_numpy(decoded.y)
+    n = len(x)
+    generator = torch.Generator().manual_seed(seed)
+    if decoded.part is None:
+        perm = torch.randperm(n, generator=generator)
+        n_valid, n_test = _held_out(n, valid_fraction), _held_out(n, test_fraction)
+        valid, test, train = perm[:n_valid], perm[n_valid:n_valid + n_test], perm[n_valid + n_test:]
+    else:
+        part = torch.from_numpy(decoded.part.astype(np.int64))
+        train, valid, test = (torch.nonzero(part == k).flatten() for k in range(3))
+        if len(valid) == 0:  # no valid/ folder: validation comes from train/
+            train = train[torch.randperm(len(train), generator=generator)]
+            n_valid = _held_out(len(train), valid_fraction)
+            valid, train = train[:n_valid], train[n_valid:]
+    if len(train) == 0 or len(valid) == 0 or len(test) == 0:
+        raise DataError(f"{dataset}: {n} images are too few to split into train ({len(train)}), validation "
+                        f"({len(valid)}) and test ({len(test)}); give more images or other --valid-fraction / "
+                        "--test-fraction")
+    train, valid, test = (idx.sort().values for idx in (train, valid, test))  # file order within each split
+    return Splits(train_x=x[train], train_y=y[train], valid_x=x[valid], valid_y=y[valid], test_x=x[test],
+                  test_y=y[test], image_shape=tuple(decoded.x.shape[1:]), classes=decoded.classes,
+                  fingerprint=decoded.fingerprint)
+
+
+def _held_out(n: int, fraction: float) -> int:
+    return 0 if fraction <= 0 else max(1, round(n * fraction))
+
+
 def bernoulli_draw(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A binary image drawn pixel by pixel from Bernoulli(p), p (N, P) in [0, 1] -> (N, P) of 0/1.
 
@@ -308,7 +359,7 @@ def bernoulli_draw(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @dataclass
 class PixelData:
-    """Float32 images (N, 784) ready for the model.
+    """Float32 images (N, P) ready for the model, P = C·H·W (`image_shape`).
 
     `train` holds intensities in [0, 1]; with dynamic binarization each training batch is a fresh
     Bernoulli draw from them (`train_batch`). `valid` and `test` are fixed: binarized once with the
@@ -339,6 +390,11 @@ class PixelData:
                 raise DataError(f"{split} image {i}: pixel values must be finite and in [0, 1] "
                                 f"(found NaN, infinity or a value outside)")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return self.splits.image_shape
+
     def to(self, device: torch.device) -> PixelData:
         return PixelData(self.train.to(device), self.valid.to(device), self.test.to(device), self.binarize,
                          self.splits)
@@ -349,8 +405,8 @@ def pixel_data(splits: Splits, *, binarize: str = "dynamic", eval_seed: int = 12
     if binarize not in ("dynamic", "none"):
         raise DataError(f"unknown binarize mode {binarize!r}; choose dynamic or none")
 
-    def scale(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float32) / 255.0
+    def scale(x: torch.Tensor) -> torch.Tensor:  # uint8 0-255, or float32 already in [0, 1]
+        return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
 
     train, valid, test = scale(splits.train_x), scale(splits.valid_x), scale(splits.test_x)
     if binarize == "dynamic":
@@ -359,33 +415,75 @@ def pixel_data(splits: Splits, *, binarize: str = "dynamic", eval_seed: int = 12
     return PixelData(train, valid, test, binarize, splits)
 
 
-def load_data(config: RunConfig, data_dir: str | Path | None = None) -> PixelData:
-    """The run's data as the trainer and the evaluation see it (split, scaled, binarized per `config`)."""
-    splits = load_splits(config.dataset, data_dir, valid_size=config.valid_size)
+def load_data(config: RunConfig, data_dir: str | Path | None = None, *, log=None) -> PixelData:
+    """The run's data as the trainer and the evaluation see it (split, scaled, binarized per `config`).
+
+    A folder or array source is read with the config's options and split with its seed; if the config
+    records an image shape (a trained run), the data must have it."""
+    if config.is_source:
+        splits = source_splits(config.dataset, seed=config.seed, valid_fraction=config.valid_fraction,
+                               test_fraction=config.test_fraction, channels=config.channels,
+                               image_size=config.image_size, skip_bad=config.skip_bad, log=log)
+        if config.fingerprint is not None and config.fingerprint != splits.fingerprint:
+            (log or _warn)(f"warning: {config.dataset} has changed since this run was trained (its files' names, "
+                           "sizes or times, or the array file's bytes, differ): its splits may differ from the run's")
+        if config.image_shape is not None and tuple(config.image_shape) != splits.image_shape:
+            shown = "x".join(map(str, config.image_shape))
+            raise DataError(f"{config.dataset} now gives images of {'x'.join(map(str, splits.image_shape))}, but "
+                            f"this run was made for {shown} (C x H x W): the source has changed")
+    else:
+        splits = load_splits(config.dataset, data_dir, valid_size=config.valid_size)
     return pixel_data(splits, binarize=config.binarize, eval_seed=config.eval_seed)
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def with_source(config: RunConfig, data: PixelData) -> RunConfig:
+    """`config` with what a folder or array source's data revealed: image shape (C, H, W), class names and
+    content fingerprint, as `vaelab train` records them in config.json. Other configs come back as they are."""
+    if not config.is_source:
+        return config
+    splits = data.splits
+    return dataclasses.replace(config, image_shape=splits.image_shape, n_pixels=math.prod(splits.image_shape),
+                               classes=splits.classes, fingerprint=splits.fingerprint)
 
 
 SPLITS = ("train", "valid", "test")
 
 
 def load_images(dataset: str = "mnist", split: str = "test", *, binarize: str = "dynamic",
-                data_dir: str | Path | None = None, valid_size: int = 10000,
-                eval_seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 28, 28) float32 in [0, 1], labels (N,) int64) of one split, as runs see them.
+                data_dir: str | Path | None = None, valid_size: int = 10000, eval_seed: int = 1234,
+                **source_options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float32 in [0, 1], labels (N,) int64) of one split, as runs see them: images (N, H, W) for
+    grey images (MNIST: (N, 28, 28)), (N, C, H, W) for colour.
 
     "valid" and "test" are exactly the images every run is validated and tested on (binarized once
     with `eval_seed` when `binarize` is "dynamic"; grayscale for "none"). "train" under "dynamic" is
     one Bernoulli draw seeded with `eval_seed`; training itself draws afresh for every batch.
+    `source_options` (folder and array sources): seed, valid_fraction, test_fraction, channels,
+    image_size, skip_bad, as `source_splits` takes them (a run's own: its config's values).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    splits = load_splits(dataset, data_dir, valid_size=valid_size)
+    if dataset.startswith(SOURCE_PREFIXES):
+        splits = source_splits(dataset, **source_options)
+    elif source_options:
+        raise ValueError(f"{', '.join(source_options)}: options of folder and array sources, not of {dataset}")
+    else:
+        splits = load_splits(dataset, data_dir, valid_size=valid_size)
     data = pixel_data(splits, binarize=binarize, eval_seed=eval_seed)
     x = getattr(data, split)
     if split == "train" and binarize == "dynamic":
         x = bernoulli_draw(x, torch.Generator().manual_seed(eval_seed))
     labels = getattr(splits, f"{split}_y")
-    return x.reshape(len(x), *image_shape(dataset)), labels
+    return x.reshape(len(x), *output_shape(splits.image_shape)), labels
+
+
+def output_shape(image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """How the API hands out images of (C, H, W): (H, W) for grey ones (MNIST's (28, 28)), else (C, H, W)."""
+    return tuple(image_shape[1:]) if image_shape[0] == 1 else tuple(image_shape)
 
 
 def image_shape(dataset: str) -> tuple[int, ...]:

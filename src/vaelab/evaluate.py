@@ -11,10 +11,10 @@ from pathlib import Path
 from .checkpoint import load_trained
 from .classifier import load_classifier, realism
 from .config import IWAE_K
-from .data import PixelData, load_data
+from .data import SPECS, PixelData, load_data
 from .likelihood import measure, parse_estimators
 from .models import model_device
-from .objectives import evaluate_objective
+from .objectives import LIKELIHOOD_NAMES, bits_per_dim, evaluate_objective
 from .progress import to_stderr
 from .runfiles import EVALUATION_FILE, read_json, write_json
 from .training import NonFiniteLossError
@@ -32,7 +32,8 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it.
 
     Always: the run's objective on the validation and test sets ("valid", "test": mean terms in nats
-    per image, and the squared error). `nll` ("exact", "iwae" or "exact,iwae") adds
+    per image, the loss in bits per dimension, and the squared error) and which pixel likelihood the
+    nats are in ("pixel_likelihood"). `nll` ("exact", "iwae" or "exact,iwae") adds
     `likelihood.measure` on the first `nll_images` test images (default all) under "likelihood", IWAE
     with `k` samples on the first `iwae_images` of them. `classifier` adds the classifier scores of
     `classifier.realism` on `classifier_images` midpoints and samples under "realism". `log` receives
@@ -42,7 +43,13 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     estimators = parse_estimators(nll) if nll is not None else ()  # a bad name fails before any work
     model, config, meta = load_trained(run_dir, device)
     data = (data if data is not None else load_data(config, data_dir)).to(model_device(model))
+    if classifier and config.dataset not in SPECS:
+        raise ValueError(f"--classifier scores need a classifier trained on the dataset; vaelab has them for "
+                         f"{', '.join(SPECS)}, not for {config.dataset}")
     result = {"epoch": meta.get("epoch")}
+    if config.model != "pca":  # what the loss's reconstruction term is: −log p(x|z) under this likelihood
+        result["pixel_likelihood"] = {"name": config.likelihood, "description": LIKELIHOOD_NAMES[config.likelihood],
+                                      "dimensions": config.n_pixels}
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
                                            seed=config.eval_seed, k=config.k)
@@ -50,6 +57,8 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
         if bad:  # a non-finite score is an error, never a number in a table
             raise NonFiniteResultError(f"{run_dir}: the {split} {bad[0]} per image is not a finite number; "
                                        "nothing was saved")
+        if config.model != "pca":
+            result[split]["bits_per_dim"] = bits_per_dim(result[split]["loss"], config.n_pixels)
     if estimators:
         result["likelihood"] = measure(model, config, data.test[:nll_images], nll=estimators, k=k,
                                        iwae_images=iwae_images, log=log, bar=bar)

@@ -1,7 +1,8 @@
 """Figures as PNG files, one function per figure; matplotlib's object API only (no pyplot state).
 
 The report's figures (`FIGURES`) take arrays already computed from the runs (codes, decodes) and a
-path; `vaelab.reproduce.make_figures` computes the arrays. Images are (N, 784) in [0, 1].
+path; `vaelab.reproduce.make_figures` computes the arrays. Images are (N, 784) in [0, 1] (MNIST's
+experiment); `image_grid` (`vaelab sample`) takes any (C, H, W).
 """
 
 from __future__ import annotations
@@ -41,17 +42,21 @@ def figure_number(name: str) -> int:
 DIGIT_COLORS = "tab10"  # one colour per digit class in the latent-space figure
 
 
-def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: int = 2) -> np.ndarray:
-    """(N, side*side) images in [0, 1] -> one (rows*(side+pad)+pad, nrow*(side+pad)+pad) array."""
+def tile(images: torch.Tensor | np.ndarray, *, nrow: int, side: int = 28, pad: int = 2,
+         shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Images in [0, 1] -> one array of them in rows of `nrow`, `pad` pixels apart.
+
+    (N, side·side) grey squares -> (rows·(side+pad)+pad, nrow·(side+pad)+pad); with `shape` (C, H, W),
+    (N, C·H·W) images -> (rows·(H+pad)+pad, nrow·(W+pad)+pad), with a trailing axis of 3 for colour."""
     images = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images, dtype=np.float32)
-    images = images.reshape(-1, side, side)
+    c, h, w = shape or (1, side, side)
+    images = images.reshape(-1, c, h, w).transpose(0, 2, 3, 1)  # (N, H, W, C)
     rows = math.ceil(len(images) / nrow)
-    grid = np.ones((rows * (side + pad) + pad, nrow * (side + pad) + pad), dtype=np.float32)
+    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.float32)
     for k, img in enumerate(images):
-        r, c = divmod(k, nrow)
-        grid[pad + r * (side + pad): pad + r * (side + pad) + side,
-             pad + c * (side + pad): pad + c * (side + pad) + side] = img
-    return grid
+        r, col = divmod(k, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid[..., 0] if c == 1 else grid
 
 
 # File name suffix -> the format written (matplotlib's name for it); any other suffix is refused.
@@ -91,40 +96,51 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
     atomic_write(Path(path), buffer.getvalue())
 
 
-def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 3) -> None:
-    """Save images (N, 784) in [0, 1] as a grid image (PNG, JPEG, PDF or SVG, as the suffix of `path` says),
-    white digits on black tiles, `scale` pixels per pixel."""
-    grid = tile(images, nrow=nrow)
+def image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 3,
+               shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+    """Save images (N, C·H·W) in [0, 1] of `shape` (C, H, W) as a grid image (PNG, JPEG, PDF or SVG, as the
+    suffix of `path` says), `scale` pixels per pixel; grey images white on black."""
+    grid = np.clip(tile(images, nrow=nrow, shape=shape), 0, 1)
     fig = Figure(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     save_figure(fig, path, dpi=100)
 
 
-def _image_rows(rows: list[tuple[str, torch.Tensor]], *, ncols: int, cell: float = 0.42, left: float = 1.7,
-                top: float = 0.1) -> tuple[Figure, object, np.ndarray]:
-    """A figure of labelled rows of images (each (<= ncols, 784)), tiled into one image.
+def show(ax, grid: np.ndarray, **options) -> None:
+    """imshow of a tiled array in [0, 1]: grey (2-D, NaN drawn white) or colour (H, W, 3; NaN white)."""
+    if grid.ndim == 2:
+        cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", **options)
+    else:
+        ax.imshow(np.nan_to_num(np.clip(grid, 0, 1), nan=1.0), interpolation="nearest", **options)
 
-    The layout is explicit (no automatic layout): `cell` inches per image, `left` inches for the row
-    labels, `top` inches above. Returns (figure, axes, tiled array).
+
+def _image_rows(rows: list[tuple[str, torch.Tensor]], *, ncols: int, cell: float = 0.42, left: float = 1.7,
+                top: float = 0.1, shape: tuple[int, int, int] = (1, 28, 28)) -> tuple[Figure, object, np.ndarray]:
+    """A figure of labelled rows of images (each (<= ncols, C·H·W) of `shape`), tiled into one image.
+
+    The layout is explicit (no automatic layout): `cell` inches per image (its width), `left` inches
+    for the row labels, `top` inches above. Returns (figure, axes, tiled array).
     """
-    side, pad = 28, 2
+    c, h, w = shape
+    pad = 2
     blocks = []
     for _, images in rows:
         images = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images, dtype=np.float32)
-        padded = np.full((ncols, side * side), np.nan, dtype=np.float32)  # NaN: an empty cell, drawn white
+        padded = np.full((ncols, c * h * w), np.nan, dtype=np.float32)  # NaN: an empty cell, drawn white
         padded[:len(images)] = images.reshape(len(images), -1)
-        blocks.append(tile(padded, nrow=ncols, side=side, pad=pad)[:-pad])
-    grid = np.concatenate(blocks + [np.ones((pad, blocks[0].shape[1]), dtype=np.float32)], axis=0)
-    width, height = ncols * cell, len(rows) * cell  # inches of the tiled image
+        blocks.append(tile(padded, nrow=ncols, pad=pad, shape=shape)[:-pad])
+    blocks.append(np.ones((pad, *blocks[0].shape[1:]), dtype=np.float32))
+    grid = np.concatenate(blocks, axis=0)
+    width, height = ncols * cell, len(rows) * cell * h / w  # inches of the tiled image
     margin = 0.1
     fig = Figure(figsize=(left + width + margin, top + height + margin), dpi=100)
     W, H = fig.get_size_inches()
     ax = fig.add_axes((left / W, margin / H, width / W, height / H))
-    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
-    ax.set_yticks([pad + r * (side + pad) + side / 2 for r in range(len(rows))], [label for label, _ in rows])
+    show(ax, grid, aspect="auto")
+    ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(len(rows))], [label for label, _ in rows])
     ax.set_xticks([])
     ax.tick_params(length=0)
     for spine in ax.spines.values():
@@ -227,14 +243,16 @@ def training_curves(curves: dict[tuple[str, int], list[list[dict]]], path: str |
     save_figure(fig, path)
 
 
-def reconstructions(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: str | Path) -> None:
-    """Test digits (N, 784) in the first row, then one row of mean reconstructions per (label, images)."""
-    fig, _, _ = _image_rows([("test digits", originals), *rows], ncols=len(originals))
+def reconstructions(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: str | Path, *,
+                    shape: tuple[int, int, int] = (1, 28, 28), what: str = "test digits") -> None:
+    """Test images (N, C·H·W) in the first row, then one row of mean reconstructions per (label, images)."""
+    fig, _, _ = _image_rows([(what, originals), *rows], ncols=len(originals), shape=shape)
     save_figure(fig, path)
 
 
-def samples(panels: list[list[tuple[str, torch.Tensor]]], path: str | Path) -> None:
-    """A grid of panels (rows of (title, images (n, 784))), each panel a square tile of its images."""
+def samples(panels: list[list[tuple[str, torch.Tensor]]], path: str | Path, *,
+            shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+    """A grid of panels (rows of (title, images (n, C·H·W))), each panel a square tile of its images."""
     n_rows, n_cols = len(panels), max(len(row) for row in panels)
     fig = Figure(figsize=(3.2 * n_cols, 3.4 * n_rows), dpi=100, layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -244,24 +262,26 @@ def samples(panels: list[list[tuple[str, torch.Tensor]]], path: str | Path) -> N
             ax.set_axis_off()
             if c < len(row):
                 title, images = row[c]
-                ax.imshow(tile(images, nrow=math.ceil(math.sqrt(len(images)))), cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
+                show(ax, tile(images, nrow=math.ceil(math.sqrt(len(images))), shape=shape))
                 ax.set_title(title, fontsize=10)
     save_figure(fig, path)
 
 
 def latent_space(rows: list[tuple[str, list[tuple[int, torch.Tensor]]]], labels: torch.Tensor,
-                 path: str | Path) -> None:
+                 path: str | Path, *, names: list[str] | None = None, what: str = "digit") -> None:
     """Codes of the test set coloured by digit: rows of (model label, [(latent dim, codes (N, D))]).
 
     D = 1: a strip per digit (code on x, digit on y, jittered); D >= 2: a scatter of the first two code
-    dimensions. 4.6 x 3.3 inches per panel.
+    dimensions. 4.6 x 3.3 inches per panel. `names`: the class of each label 0, 1, ... (default the
+    digits 0-9); labels of -1 (images without a class) are drawn grey, `what` names the classes.
     """
     labels = np.asarray(labels)
+    names = [str(d) for d in range(10)] if names is None else list(names)
     n_cols = max(len(panels) for _, panels in rows)
     fig = Figure(figsize=(4.6 * n_cols, 3.3 * len(rows) + 0.5), dpi=100, layout="constrained")
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     colors = matplotlib.colormaps[DIGIT_COLORS](labels % 10)
+    colors[labels < 0] = (0.5, 0.5, 0.5, 1.0)
     jitter = np.random.default_rng(0).uniform(-0.35, 0.35, len(labels))  # fixed, so figures are reproducible
     for r, (label, panels) in enumerate(rows):
         for c, (dim, codes) in enumerate(panels):
@@ -270,8 +290,8 @@ def latent_space(rows: list[tuple[str, list[tuple[int, torch.Tensor]]]], labels:
             if dim == 1:
                 ax.scatter(codes[:, 0], labels + jitter, c=colors, s=1.5, alpha=0.5, linewidths=0,
                            rasterized=True)
-                ax.set_yticks(range(10))
-                ax.set_ylabel("digit")
+                ax.set_yticks(range(len(names)), names if len(names) <= 10 else None)
+                ax.set_ylabel(what)
                 ax.set_xlabel("code c")
             else:
                 ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=1.5, alpha=0.5, linewidths=0, rasterized=True)
@@ -280,19 +300,24 @@ def latent_space(rows: list[tuple[str, list[tuple[int, torch.Tensor]]]], labels:
             ax.set_title(f"{label}, z={dim}", fontsize=10)
             ax.grid(alpha=0.3)
     cmap = matplotlib.colormaps[DIGIT_COLORS]
-    handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", color=cmap(d), label=str(d)) for d in range(10)]
-    fig.legend(handles=handles, loc="outside upper center", ncols=10, title="digit", fontsize=9)
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", color=cmap(d % 10), label=name)
+               for d, name in enumerate(names)]
+    if handles:
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(10, len(handles)), title=what, fontsize=9)
     save_figure(fig, path)
 
 
-def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch.Tensor, path: str | Path) -> None:
-    """Decodes at the Gaussian quantiles `quantiles` (K,) per model: {2: (K*K, 784) grid, row-major with
-    c₂ decreasing down the rows and c₁ increasing along them; 1: (K, 784) strip}. One column per model."""
+def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch.Tensor, path: str | Path, *,
+             shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+    """Decodes at the Gaussian quantiles `quantiles` (K,) per model: {2: (K*K, C·H·W) grid, row-major with
+    c₂ decreasing down the rows and c₁ increasing along them; 1: (K, C·H·W) strip}. One column per model."""
     k = len(quantiles)
     fig = Figure(figsize=(5.6 * len(panels), 7.0), dpi=100, layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[k, 1.6])
-    side, pad = 28, 2
-    centers = [pad + i * (side + pad) + side / 2 for i in range(k)]
+    _, h, w = shape
+    pad = 2
+    centers = [pad + i * (w + pad) + w / 2 for i in range(k)]
+    rows = [pad + i * (h + pad) + h / 2 for i in range(k)]
     ticks = sorted({0, k // 4, k // 2, k - 1 - k // 4, k - 1})  # symmetric, as the quantiles are
     q = [f"{float(v):.2f}" for v in quantiles]
     for c, (label, decodes) in enumerate(panels):
@@ -301,15 +326,15 @@ def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch
             ax.set_axis_off()
         if 2 in decodes:
             top.set_axis_on()
-            top.imshow(tile(decodes[2], nrow=k), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            show(top, tile(decodes[2], nrow=k, shape=shape))
             top.set_xticks([centers[i] for i in ticks], [q[i] for i in ticks])
-            top.set_yticks([centers[i] for i in ticks], [q[k - 1 - i] for i in ticks])
+            top.set_yticks([rows[i] for i in ticks], [q[k - 1 - i] for i in ticks])
             top.set_xlabel("c₁")
             top.set_ylabel("c₂")
             top.set_title(f"{label}, z=2", fontsize=10)
         if 1 in decodes:
             bottom.set_axis_on()
-            bottom.imshow(tile(decodes[1], nrow=k), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            show(bottom, tile(decodes[1], nrow=k, shape=shape))
             bottom.set_xticks([centers[i] for i in ticks], [q[i] for i in ticks])
             bottom.set_yticks([])
             bottom.set_xlabel("c")
@@ -318,20 +343,23 @@ def manifold(panels: list[tuple[str, dict[int, torch.Tensor]]], quantiles: torch
 
 
 def interpolation(first: torch.Tensor, last: torch.Tensor, rows: list[tuple[str, torch.Tensor]],
-                  path: str | Path, *, mid_index: int, classes: tuple[int, int]) -> None:
-    """Decodes along the line from α1 to α2 (one row (S, 784) per model), the two test digits above
-    them at the ends, and the midpoint (α1 + α2)/2 (column `mid_index`) framed in red."""
+                  path: str | Path, *, mid_index: int, classes: tuple | None,
+                  shape: tuple[int, int, int] = (1, 28, 28), what: str = "test digits") -> None:
+    """Decodes along the line from α1 to α2 (one row (S, C·H·W) per model), the two test images above
+    them at the ends (labelled with their `classes`, if given), and the midpoint (α1 + α2)/2 (column
+    `mid_index`) framed in red."""
     n = len(rows[0][1])
     header = torch.full((n, first.numel()), float("nan"))
     header[0], header[-1] = first, last
-    all_rows = [(f"test digits ({classes[0]}, {classes[1]})", header), *rows]
-    fig, ax, grid = _image_rows(all_rows, ncols=n, top=0.35)
-    side, pad = 28, 2
-    x0 = pad + mid_index * (side + pad) - 1.5
-    y0 = pad + (side + pad) - 1.5
-    ax.add_patch(matplotlib.patches.Rectangle((x0, y0), side + 2, grid.shape[0] - y0 - pad + 0.5, fill=False,
+    what = f"{what} ({classes[0]}, {classes[1]})" if classes is not None else what
+    fig, ax, grid = _image_rows([(what, header), *rows], ncols=n, top=0.35, shape=shape)
+    _, h, w = shape
+    pad = 2
+    x0 = pad + mid_index * (w + pad) - 1.5
+    y0 = pad + (h + pad) - 1.5
+    ax.add_patch(matplotlib.patches.Rectangle((x0, y0), w + 2, grid.shape[0] - y0 - pad + 0.5, fill=False,
                                               ec="red", lw=1.8))
-    ax.set_xticks([pad + i * (side + pad) + side / 2 for i in (0, mid_index, n - 1)],
+    ax.set_xticks([pad + i * (w + pad) + w / 2 for i in (0, mid_index, n - 1)],
                   ["α1", "(α1 + α2)/2", "α2"])
     ax.xaxis.tick_top()
     save_figure(fig, path)

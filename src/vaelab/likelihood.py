@@ -1,4 +1,5 @@
-"""Honest likelihoods for the Bernoulli decoders: exact log p(x) by quadrature over the latent space
+"""Honest likelihoods for the decoders, under any pixel likelihood of objectives.py: exact log p(x) by
+quadrature over the latent space
 (latent dimension 1 or 2), the importance-weighted bound IWAE_k (Burda et al. 2016), the
 ELBO split into reconstruction and KL, active units (Burda et al. 2016, sec. 5.2) and the posterior gap.
 p(z) is the model's own prior (models.py): N(0, I), or a learned mixture / VampPrior in closed form.
@@ -14,12 +15,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, RunConfig, parse_choices
 from .models import VAE
-from .objectives import gaussian_kl, learned_prior, log_prior, log_standard_normal, posterior
+from .objectives import (
+    LIKELIHOOD_NAMES,
+    affine_log_prob,
+    bits_per_dim,
+    gaussian_kl,
+    learned_prior,
+    log_prior,
+    log_standard_normal,
+    pixel_log_prob,
+    posterior,
+)
 from .progress import step, to_stderr
 
 LOG_2PI = math.log(2 * math.pi)
@@ -83,16 +93,55 @@ class Grid:
         return torch.cartesian_prod(*[axis] * self.dim).reshape(-1, self.dim)
 
 
-def joint_terms(model: VAE, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode codes z (B, D) once: logits (B, P) and the image-free part log p(z) − Σ softplus (B,).
+@dataclass
+class NodeTerms:
+    """A block of B decoded codes, ready to score any images x (n, P) against all of them: `log_joint(x)`
+    is log p(x|z_b) + log p(z_b) as (n, B).
 
-    Since log p(x|z) = Σ_p x_p·l_p − softplus(l_p), log p(x, z) = x @ logitsᵀ + bias for any images x
-    (N, P): one matrix product gives all (N, B) pairs. The bias is summed in float64 (784 terms of
-    up to ~10 nats) and then rounded to float32 (~1e-5 nats).
+    Where log p(x|z) is affine in x (both Bernoulli likelihoods: objectives.affine_log_prob) that is one
+    matrix product x @ weightᵀ + bias; otherwise (the Gaussian) log p(x|z) is computed pair by pair
+    with objectives.pixel_log_prob, in chunks."""
+
+    logits: torch.Tensor  # (B, P) decoder outputs
+    bias: torch.Tensor  # (B,) float32: log p(z) (+ the affine offset summed over pixels)
+    weight: torch.Tensor | None  # (B, P) affine weights, or None
+    likelihood: str
+    raw_scale: torch.Tensor | None  # the Gaussian's per-pixel scale parameter (P,)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, s: slice) -> NodeTerms:
+        return NodeTerms(self.logits[s], self.bias[s], None if self.weight is None else self.weight[s],
+                         self.likelihood, self.raw_scale)
+
+    def log_joint(self, x: torch.Tensor, *, max_elements: int = 1 << 24) -> torch.Tensor:
+        """log p(x, z_b) for images x (n, P) and every code of the block: (n, B) float32."""
+        if self.weight is not None:
+            return x @ self.weight.T + self.bias
+        out = torch.empty(len(x), len(self), device=x.device)
+        step = max(1, max_elements // max(1, len(x) * x.shape[1]))  # codes per chunk: n·step·P values at most
+        for lo in range(0, len(self), step):
+            out[:, lo:lo + step] = pixel_log_prob(self.likelihood, self.logits[None, lo:lo + step], x[:, None],
+                                                  raw_scale=self.raw_scale) + self.bias[lo:lo + step]
+        return out
+
+
+def joint_terms(model: VAE, z: torch.Tensor) -> NodeTerms:
+    """Decode codes z (B, D) once, for scoring any images against them (NodeTerms).
+
+    For the Bernoulli likelihoods log p(x|z) = Σ_p x_p·l_p + offset_p(l), so log p(x, z) = x @ logitsᵀ +
+    bias for any images x (N, P): one matrix product gives all (N, B) pairs. The bias is summed in
+    float64 (784 terms of up to ~10 nats) and then rounded to float32 (~1e-5 nats).
     """
     logits = model.decode(z)
-    bias = log_prior(model, z.double()) - F.softplus(logits).double().sum(-1)
-    return logits, bias.float()
+    likelihood = getattr(model, "likelihood", "bernoulli")
+    affine = affine_log_prob(likelihood, logits)
+    bias = log_prior(model, z.double())  # the model's p(z), in float64
+    if affine is not None:
+        bias = bias + affine[1].double().sum(-1)
+    return NodeTerms(logits, bias.float(), None if affine is None else affine[0], likelihood,
+                     getattr(model.decoder, "raw_scale", None))
 
 
 @torch.no_grad()
@@ -109,9 +158,9 @@ def quadrature(model: VAE, x: torch.Tensor, grid: Grid, *, node_batch: int = 409
     j = grid.indices().to(device)
     total = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
     for start in range(0, len(j), node_batch):
-        logits, bias = joint_terms(model, j[start:start + node_batch].float() * grid.step)
+        terms = joint_terms(model, j[start:start + node_batch].float() * grid.step)
         for lo in range(0, len(x), image_batch):
-            block = torch.logsumexp(x[lo:lo + image_batch] @ logits.T + bias, 1).double()
+            block = torch.logsumexp(terms.log_joint(x[lo:lo + image_batch]), 1).double()
             total[lo:lo + image_batch] = torch.logaddexp(total[lo:lo + image_batch], block)
     return total + grid.dim * math.log(grid.step)
 
@@ -170,11 +219,11 @@ def scan(model: VAE, x: torch.Tensor, *, dim: int, limit: float, step: float, ti
     cuts = sorted({*range(0, len(j_all), node_batch), *ends, 0})
     for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
         g = int(group[start])
-        logits, bias = joint_terms(model, j_all[start:stop].float() * step)
+        nodes = joint_terms(model, j_all[start:stop].float() * step)
         tiles = tiles_of(j_all[start:stop])  # rows after the first differ from it on edge nodes only
         edges = [(t[t != tiles[0]], t != tiles[0]) for t in tiles[1:]]
         for lo in range(0, n_img, image_batch):
-            terms = x[lo:lo + image_batch] @ logits.T + bias  # (n, B) log p(x, z)
+            terms = nodes.log_joint(x[lo:lo + image_batch])  # (n, B) log p(x, z)
             block = torch.logsumexp(terms, 1).double()
             sums[g, lo:lo + image_batch] = torch.logaddexp(sums[g, lo:lo + image_batch], block)
             best = best_in_tile[lo:lo + image_batch]
@@ -230,15 +279,15 @@ def refine(model: VAE, x: torch.Tensor, s: Scan, *, fine_step: float, todo: torc
     per_decode = max(1, node_batch // (per_tile + 1) ** d)  # tiles decoded together (one large matmul)
     for first in range(0, len(union), per_decode):
         group = [tile_nodes(t) for t in union[first:first + per_decode]]
-        logits, bias = joint_terms(model, torch.cat([j for j, _ in group]).float() * fine_step)
+        nodes = joint_terms(model, torch.cat([j for j, _ in group]).float() * fine_step)
         offset = 0
         for t, (j, (b0, b1)) in zip(union[first:first + per_decode], group, strict=True):
-            tile_logits, tile_bias = logits[offset:offset + len(j)], bias[offset:offset + len(j)]
+            tile_nodes_terms = nodes[offset:offset + len(j)]
             offset += len(j)
             images = torch.nonzero(chosen[:, t]).flatten()
             for lo in range(0, len(images), image_batch):
                 idx = images[lo:lo + image_batch]
-                terms = x[idx] @ tile_logits.T + tile_bias  # (n, B)
+                terms = tile_nodes_terms.log_joint(x[idx])  # (n, B)
                 on_scan = torch.logsumexp(terms[:, :b0], 1).double()
                 on_double = torch.logaddexp(on_scan, torch.logsumexp(terms[:, b0:b1], 1).double())
                 on_fine = torch.logaddexp(on_double, torch.logsumexp(terms[:, b1:], 1).double())
@@ -336,6 +385,7 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
     generator = torch.Generator(device=device).manual_seed(seed)
+    likelihood = getattr(model, "likelihood", "bernoulli")
     out = {name: torch.empty(len(x), dtype=torch.float64, device=device)
            for name in ("iwae", "reconstruction", "kl", "neg_elbo")}
     per_chunk = max(1, sample_batch // k)  # images per chunk, all k samples of an image together
@@ -352,7 +402,11 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
             e = torch.randn(min(chunk_k, k - s), *m.shape, generator=generator, device=device)  # (s, n, D)
             z = m + std * e
             logits = model.decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], -1)  # (s, n, P)
-            log_lik = torch.einsum("snp,np->sn", logits, xb) - F.softplus(logits).sum(-1)  # (s, n)
+            affine = affine_log_prob(likelihood, logits)
+            if affine is not None:  # Bernoulli: x·l − softplus(l), as since vaelab 0.1
+                log_lik = torch.einsum("snp,np->sn", affine[0], xb) + affine[1].sum(-1)  # (s, n)
+            else:
+                log_lik = pixel_log_prob(likelihood, logits, xb, raw_scale=model.decoder.raw_scale)  # (s, n)
             log_q = log_standard_normal(e) - 0.5 * logvar.sum(-1)  # density of z = m + std·e
             log_p = log_prior(model, z)  # (s, n)
             terms = (log_lik + log_p - log_q).double()
@@ -422,9 +476,16 @@ def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | 
         raise ValueError(f"--nll exact needs latent dimension 1 or 2 (this run has {config.latent_dim}); "
                          "use --nll iwae")
     seed = config.eval_seed if seed is None else seed
-    pixels = ("binary (Bernoulli likelihood)" if config.binarize == "dynamic"
-              else "grayscale: Bernoulli cross-entropy, not a normalised likelihood")
-    result: dict = {"applicable": True, "pixels": pixels, "q": q_description(config.objective),
+    if config.likelihood != "bernoulli":
+        pixels = f"intensities in [0, 1]: {LIKELIHOOD_NAMES[config.likelihood]}, a density (nats may be negative)"
+    elif config.binarize == "dynamic":
+        pixels = "binary (Bernoulli likelihood)"
+    else:
+        pixels = ("grayscale: Bernoulli cross-entropy, not a normalised likelihood "
+                  "(use --likelihood continuous-bernoulli)")
+    dims = config.n_pixels
+    result: dict = {"applicable": True, "pixels": pixels, "pixel_likelihood": config.likelihood,
+                    "dimensions": dims, "q": q_description(config.objective),
                     "prior": config.prior, "test_images": len(x)}
     if "iwae" in estimators:
         n_el, draws = len(x) if iwae_images is None else min(iwae_images, len(x)), k
@@ -434,14 +495,17 @@ def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | 
     with step(name, n_el, log=log, bar=bar) as advance:
         sampled = importance_sampled(model, config.objective, x[:n_el], k=draws, seed=seed, advance=advance)
     if "iwae" in estimators:
-        result["iwae"] = {"k": k, "images": n_el, "nll": float(sampled["iwae"].mean()), "seed": seed}
+        nats = float(sampled["iwae"].mean())
+        result["iwae"] = {"k": k, "images": n_el, "nll": nats, "bits_per_dim": bits_per_dim(nats, dims), "seed": seed}
     result["elbo"] = {"images": n_el, "samples": draws, "seed": seed,
                       **{key: float(sampled[key].mean()) for key in ("neg_elbo", "reconstruction", "kl")}}
+    result["elbo"]["bits_per_dim"] = bits_per_dim(result["elbo"]["neg_elbo"], dims)
     if "exact" in estimators:
         with step("exact NLL (quadrature)", len(x), log=log, bar=False) as advance:
             exact = exact_nll(model, x)
             advance(len(x))
-        result["exact"] = {"images": len(x), "nll": float(exact.nll.mean()), "grid": exact.grid}
+        nats = float(exact.nll.mean())
+        result["exact"] = {"images": len(x), "nll": nats, "bits_per_dim": bits_per_dim(nats, dims), "grid": exact.grid}
         on_subset = exact.nll[:n_el]
         gap = {"images": n_el, "neg_elbo_minus_nll": float((sampled["neg_elbo"] - on_subset).mean())}
         if "iwae" in estimators:
@@ -458,20 +522,26 @@ def summary_lines(result: dict) -> list[str]:
         return [f"likelihood: {result['why']}"]
     el = result["elbo"]
     prior = result.get("prior", "standard")
-    lines = [f"q(z|x) = {result['q']}; p(z) = " + ("N(0, I)" if prior == "standard" else f"{prior} (learned)")]
+    p_z = "N(0, I)" if prior == "standard" else f"{prior} (learned)"
+    lines = [f"pixels: {result['pixels']}", f"q(z|x) = {result['q']}; p(z) = {p_z}"]
+
+    def per_dim(r: dict) -> str:
+        return f" = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
+
     if "exact" in result:
         ex = result["exact"]
         g = ex["grid"]
         fine = (f"fine step {g['fine_step']:g} where the integrand lives" if g["fine_step"]
                 else "no finer step needed")
         state = "converged" if g["converged"] else "NOT converged"
-        lines.append(f"exact NLL      {ex['nll']:10.3f} nats/image on {ex['images']} test images (quadrature on "
+        lines.append(f"exact NLL      {ex['nll']:10.3f} nats/image{per_dim(ex)} on {ex['images']} test images "
+                     f"(quadrature on "
                      f"[-{g['limit']:g}, {g['limit']:g}]^D: scan step {g['scan_step']:g}, {fine}; {state} to "
                      f"{g['tolerance']:g} nats/image)")
     if "iwae" in result:
         iw = result["iwae"]
-        lines.append(f"IWAE_{iw['k']:<9} {iw['nll']:10.3f} nats/image on {iw['images']} test images")
-    lines.append(f"-ELBO          {el['neg_elbo']:10.3f} = reconstruction {el['reconstruction']:.3f} "
+        lines.append(f"IWAE_{iw['k']:<9} {iw['nll']:10.3f} nats/image{per_dim(iw)} on {iw['images']} test images")
+    lines.append(f"-ELBO          {el['neg_elbo']:10.3f}{per_dim(el)} = reconstruction {el['reconstruction']:.3f} "
                  f"+ KL {el['kl']:.3f} ({el['samples']} samples/image on {el['images']} test images)")
     if "posterior_gap" in result:
         gap = result["posterior_gap"]

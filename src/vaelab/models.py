@@ -1,8 +1,10 @@
 """The paper's three encoder/decoder pairs, sharing encode() / decode() / reconstruct().
 
-PCA: encoder W, decoder Wᵀ (closed form). Autoencoder: the same idea with MLPs. VAE: the encoder
-outputs (m, σ) and the decoder turns a code into Bernoulli logits (eq. 2 of the paper). The VAE owns its
-prior p(z): N(0, I) (the paper's), a learned mixture of Gaussians, or the VampPrior (Tomczak & Welling 2018).
+PCA: encoder W, decoder Wᵀ (closed form). Autoencoder: the same idea with neural networks. VAE: the
+encoder outputs (m, σ) and the decoder turns a code into the parameters of p(x|z) (eq. 2 of the paper;
+Bernoulli logits by default). The networks are MLPs (the paper's) or, with `arch="conv"`, strided
+convolutions down and transposed convolutions up for images of any C x H x W. The VAE owns its prior
+p(z): N(0, I) (the paper's), a learned mixture of Gaussians, or the VampPrior (Tomczak & Welling 2018).
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, RunConfig, parse_prior
 from .linear import Linear
-from .objectives import log_normal, log_standard_normal
+from .objectives import log_normal, log_standard_normal, pixel_mean
+
+# Channels of the conv architecture's two stride-2 layers (each halves H and W, so images are padded
+# to a multiple of 4). The dense layer after them has the width hidden[-1].
+CONV_CHANNELS = (32, 64)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -28,26 +35,104 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Decoder(nn.Module):
-    """Code (N, D) -> Bernoulli logits (N, P), the encoder's widths in reverse."""
+    """Code (N, D) -> decoder outputs (N, P) (logits of p(x|z)), the encoder's widths in reverse.
 
-    def __init__(self, latent_dim: int, hidden: tuple[int, ...], n_pixels: int):
+    With the Gaussian likelihood it also holds `raw_scale` (P,), the free parameter of the per-pixel
+    standard deviation (objectives.gaussian_scale); None otherwise."""
+
+    def __init__(self, latent_dim: int, hidden: tuple[int, ...], n_pixels: int, likelihood: str = "bernoulli"):
         super().__init__()
         self.latent_dim = latent_dim
         self.to_hidden = nn.Sequential(mlp([latent_dim, *reversed(hidden)]), nn.ReLU())
         self.to_logits = Linear(hidden[0], n_pixels)
+        self.raw_scale = _raw_scale(likelihood, n_pixels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.to_logits(self.to_hidden(z))
 
 
-class Autoencoder(nn.Module):
-    """Deterministic MLP encoder x -> c and decoder c -> logits: the paper's 'neural W and Wᵀ'."""
+def _raw_scale(likelihood: str, n_pixels: int) -> nn.Parameter | None:
+    # softplus(-2) + 1/256 ≈ 0.13: a start near the spread of natural images' pixels
+    return nn.Parameter(torch.full((n_pixels,), -2.0)) if likelihood == "gaussian" else None
 
-    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...]):
+
+def padded(size: int) -> int:
+    """The side a conv network works on: `size` rounded up to a multiple of 4 (two stride-2 halvings)."""
+    return 4 * math.ceil(size / 4)
+
+
+class ConvBody(nn.Module):
+    """Images (N, P) with P = C·H·W -> features (N, width): pad to multiples of 4, two 4x4 convolutions of
+    stride 2 (ReLU), a dense layer (ReLU). The encoder trunk of `arch="conv"`."""
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int):
         super().__init__()
-        self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
-        self.to_code = Linear(hidden[-1], latent_dim)
-        self.decoder = Decoder(latent_dim, hidden, n_pixels)
+        self.image_shape = image_shape
+        c, h, w = image_shape
+        c1, c2 = CONV_CHANNELS
+        self.convs = nn.Sequential(nn.Conv2d(c, c1, 4, stride=2, padding=1), nn.ReLU(),
+                                   nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU())
+        self.to_features = nn.Sequential(Linear(c2 * padded(h) // 4 * padded(w) // 4, width), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        images = x.reshape(-1, c, h, w)  # (N, C, H, W)
+        images = F.pad(images, (0, padded(w) - w, 0, padded(h) - h))  # zeros right and below
+        return self.to_features(self.convs(images).flatten(1))  # (N, width)
+
+
+class ConvDecoder(nn.Module):
+    """Code (N, D) -> decoder outputs (N, P): a dense layer to (64, H'/4, W'/4), two 4x4 transposed
+    convolutions of stride 2, cropped from the padded H' x W' back to H x W. `raw_scale` as in Decoder."""
+
+    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int], likelihood: str = "bernoulli"):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_shape = image_shape
+        c, h, w = image_shape
+        c1, c2 = CONV_CHANNELS
+        self.grid = (c2, padded(h) // 4, padded(w) // 4)
+        self.to_hidden = nn.Sequential(Linear(latent_dim, width), nn.ReLU(), Linear(width, math.prod(self.grid)),
+                                       nn.ReLU())
+        self.deconvs = nn.Sequential(nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),
+                                     nn.ConvTranspose2d(c1, c, 4, stride=2, padding=1))
+        self.raw_scale = _raw_scale(likelihood, c * h * w)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        out = self.deconvs(self.to_hidden(z).reshape(-1, *self.grid))  # (N, C, H', W')
+        return out[:, :, :h, :w].reshape(len(z), c * h * w)  # (N, P) logits
+
+
+def _trunk(*, n_pixels: int, hidden: tuple[int, ...], arch: str,
+           image_shape: tuple[int, int, int] | None) -> tuple[nn.Module, int]:
+    """(encoder trunk x (N, P) -> features (N, width), width) for `arch`."""
+    if arch == "conv":
+        if image_shape is None:
+            raise ConfigError("the conv architecture needs the image shape (C, H, W)")
+        return ConvBody(image_shape, hidden[-1]), hidden[-1]
+    return nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU()), hidden[-1]
+
+
+def _decoder(*, n_pixels: int, latent_dim: int, hidden: tuple[int, ...], arch: str,
+             image_shape: tuple[int, int, int] | None, likelihood: str) -> nn.Module:
+    if arch == "conv":
+        return ConvDecoder(latent_dim, hidden[-1], image_shape, likelihood)
+    return Decoder(latent_dim, hidden, n_pixels, likelihood)
+
+
+class Autoencoder(nn.Module):
+    """Deterministic encoder x -> c and decoder c -> logits: the paper's 'neural W and Wᵀ'."""
+
+    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...], arch: str = "mlp",
+                 image_shape: tuple[int, int, int] | None = None, likelihood: str = "bernoulli"):
+        super().__init__()
+        self.likelihood = likelihood  # p(x|z) per pixel (objectives.pixel_log_prob)
+        # Built in this order (trunk, code layer, decoder): the weights are drawn in it from the seed.
+        self.to_hidden, width = _trunk(n_pixels=n_pixels, hidden=hidden, arch=arch, image_shape=image_shape)
+        self.to_code = Linear(width, latent_dim)
+        self.decoder = _decoder(n_pixels=n_pixels, latent_dim=latent_dim, hidden=hidden, arch=arch,
+                                image_shape=image_shape, likelihood=likelihood)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_code(self.to_hidden(x))  # (N, D)
@@ -57,7 +142,7 @@ class Autoencoder(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean decode in pixel space, (N, P) in [0, 1]."""
-        return torch.sigmoid(self.decode(self.encode(x)))
+        return pixel_mean(self.likelihood, self.decode(self.encode(x)))
 
 
 # --- the prior p(z) -----------------------------------------------------------------------------------
@@ -136,18 +221,23 @@ def log_mixture(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> 
 
 
 class VAE(nn.Module):
-    """MLP encoder x -> (m, σ), decoder c -> Bernoulli logits, and the prior p(z) (`prior`).
+    """Encoder x -> (m, σ), decoder c -> logits of p(x|z), and the prior p(z) (`prior`).
 
     The second encoder output is σ in the paper's notation; the objective decides what it means
     (log standard deviation for `paper`, log variance for `elbo` and `iwae`).
     """
 
-    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...], prior: str = "standard"):
+    def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...], arch: str = "mlp",
+                 image_shape: tuple[int, int, int] | None = None, likelihood: str = "bernoulli",
+                 prior: str = "standard"):
         super().__init__()
-        self.to_hidden = nn.Sequential(mlp([n_pixels, *hidden]), nn.ReLU())
-        self.to_stats = Linear(hidden[-1], 2 * latent_dim)
-        self.decoder = Decoder(latent_dim, hidden, n_pixels)
-        self.prior = build_prior(prior, latent_dim=latent_dim, n_pixels=n_pixels)
+        self.likelihood = likelihood  # p(x|z) per pixel (objectives.pixel_log_prob)
+        # Built in this order (trunk, stats layer, decoder): the weights are drawn in it from the seed.
+        self.to_hidden, width = _trunk(n_pixels=n_pixels, hidden=hidden, arch=arch, image_shape=image_shape)
+        self.to_stats = Linear(width, 2 * latent_dim)
+        self.decoder = _decoder(n_pixels=n_pixels, latent_dim=latent_dim, hidden=hidden, arch=arch,
+                                image_shape=image_shape, likelihood=likelihood)
+        self.prior = build_prior(prior, latent_dim=latent_dim, n_pixels=n_pixels)  # after: seeded weights as before
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) in closed form, (..., D) -> (...,) nats, in z's dtype (float64 for the quadrature)."""
@@ -174,8 +264,8 @@ class VAE(nn.Module):
         return self.decoder(z)  # (N, P) logits
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode of the mean code m, (N, P) in [0, 1]."""
-        return torch.sigmoid(self.decode(self.encode(x)[0]))
+        """Decode of the mean code m, (N, P) in [0, 1] (the likelihood's mean)."""
+        return pixel_mean(self.likelihood, self.decode(self.encode(x)[0]))
 
 
 class PCA(nn.Module):
@@ -223,10 +313,15 @@ MODEL_CLASSES = {"pca": PCA, "autoencoder": Autoencoder, "vae": VAE}
 
 def build_model(config: RunConfig) -> nn.Module:
     """A freshly initialised model for `config` (weights drawn from torch's global RNG)."""
-    cls = MODEL_CLASSES[config.model]
-    if config.model == "vae":
-        return cls(n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden, prior=config.prior)
-    return cls(n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden)
+    if config.n_pixels is None:
+        raise ConfigError(f"the image shape of {config.dataset} is not known yet: it is read from the data "
+                          "(vaelab.train records it)")
+    if config.model == "pca":
+        return PCA(n_pixels=config.n_pixels, latent_dim=config.latent_dim)
+    return MODEL_CLASSES[config.model](n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden,
+                                       arch=config.arch, image_shape=config.image_shape,
+                                       likelihood=config.likelihood,
+                                       **({"prior": config.prior} if config.model == "vae" else {}))
 
 
 def init_model(config: RunConfig, device: str | torch.device = "cpu") -> nn.Module:
@@ -250,9 +345,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def decode_to_pixels(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Mean image of code z, (N, P) in pixel space: sigmoid of logits, or PCA's linear decode."""
+    """Mean image of code z, (N, P) in pixel space: the likelihood's mean E[x|z], or PCA's linear decode."""
     out = model.decode(z)
-    return out.clamp(0, 1) if isinstance(model, PCA) else torch.sigmoid(out)
+    return out.clamp(0, 1) if isinstance(model, PCA) else pixel_mean(model.likelihood, out)
 
 
 def encode_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""Training objectives as pure functions returning per-example terms in nats.
+"""Pixel likelihoods p(x|z) and the training objectives, as pure functions returning per-example
+terms in nats.
 
-`paper` is eq. (2)-(3) of the paper exactly; `elbo` is Kingma & Welling (2014), App. B; `iwae` is the
-importance-weighted bound of Burda et al. (2016). Each objective returns a dict of named tensors of
-shape (N,); the caller reduces (mean over images). The prior p(z) is the model's own (`model.log_prior`,
-models.py): N(0, I) unless the model learned one.
+Likelihoods (each written once, used by training and by likelihood.py alike): Bernoulli for binary
+pixels; for intensities in [0, 1] the continuous Bernoulli of Loaiza-Ganem & Cunningham (2019) and a
+Gaussian with a learned per-pixel scale. `paper` is eq. (2)-(3) of the paper exactly; `elbo` is
+Kingma & Welling (2014), App. B; `iwae` is the importance-weighted bound of Burda et al. (2016).
+Each objective returns a dict of named tensors of shape (N,); the caller reduces (mean over images).
+The prior p(z) is the model's own (`model.log_prior`, models.py): N(0, I) unless the model learned one.
 """
 
 from __future__ import annotations
@@ -19,14 +22,121 @@ from torch import nn
 Terms = dict[str, torch.Tensor]
 
 LOG_2PI = math.log(2 * math.pi)
+# |logit| below this: the continuous Bernoulli's log C and mean by their Taylor series around λ = ½, where
+# the closed forms divide 0 by 0 (|λ − ½| < 0.025; the series' first omitted term is below 1e-9 there)
+CB_TAYLOR_BELOW = 0.1
+# The Gaussian's smallest scale: one 8-bit quantisation step. Pixels that never change (a black border)
+# would otherwise drive their scale to 0 and the density to infinity.
+GAUSSIAN_MIN_SCALE = 1 / 256
+# What each likelihood is, as every reported number names it.
+LIKELIHOOD_NAMES = {
+    "bernoulli": "Bernoulli (binary pixels)",
+    "continuous-bernoulli": "continuous Bernoulli (intensities in [0, 1])",
+    "gaussian": "Gaussian with a learned per-pixel scale (intensities in [0, 1])",
+}
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x | logits) for Bernoulli pixels, summed over pixels: (N, P), (N, P) -> (N,) nats.
 
-    For grayscale x in [0, 1] this is the cross-entropy the pytorch/examples VAE uses.
+    For grayscale x in [0, 1] this is the cross-entropy the pytorch/examples VAE uses, which is not a
+    normalised density of x (the continuous Bernoulli below is that cross-entropy normalised).
     """
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(λ) per pixel for λ = sigmoid(logits), (...) -> (...) nats (Loaiza-Ganem & Cunningham 2019, eq. 7).
+
+    C(λ) = 2·artanh(1 − 2λ) / (1 − 2λ), and C(½) = 2. With l = logit(λ), 1 − 2λ = −tanh(l/2) and
+    artanh(1 − 2λ) = −l/2, so C = l / tanh(l/2): log C = log|l| − log tanh(|l|/2), computed with expm1 /
+    log1p so that it stays exact for large |l|; near l = 0 (λ near ½), where both logs diverge, the
+    series log 2 + l²/12 − 7·l⁴/1440 (error < 4e-10 for |l| < 0.1; the test compares it in float64).
+    """
+    a = logits.abs()
+    small = a < CB_TAYLOR_BELOW
+    safe = torch.where(small, torch.ones_like(a), a)  # keeps the unused branch finite (and its gradient)
+    exact = safe.log() - (torch.log(-torch.expm1(-safe)) - torch.log1p(torch.exp(-safe)))
+    l2 = torch.where(small, a, torch.zeros_like(a)).square()
+    series = math.log(2) + l2 / 12 - 7 * l2.square() / 1440
+    return torch.where(small, series, exact)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] of the continuous Bernoulli, (...) -> (...) in [0, 1]: λ/(2λ − 1) + 1/(2·artanh(1 − 2λ)),
+    which with l = logit(λ) is sigmoid(l)/tanh(l/2) − 1/l; near l = 0 the series ½ + l/12 − l³/720.
+
+    Not λ itself: an image drawn as λ would be biased towards 0 and 1."""
+    small = logits.abs() < CB_TAYLOR_BELOW
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    exact = torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe
+    near = torch.where(small, logits, torch.zeros_like(logits))
+    series = 0.5 + near / 12 - near ** 3 / 720
+    return torch.where(small, series, exact)
+
+
+def gaussian_scale(raw_scale: torch.Tensor) -> torch.Tensor:
+    """The Gaussian's per-pixel standard deviation from its free parameter: softplus + GAUSSIAN_MIN_SCALE."""
+    return F.softplus(raw_scale) + GAUSSIAN_MIN_SCALE
+
+
+def pixel_log_prob(likelihood: str, logits: torch.Tensor, x: torch.Tensor, *,
+                   raw_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x|z) summed over pixels: decoder outputs (..., P) and images (..., P) -> (...) nats.
+
+    `likelihood`: "bernoulli" (logits of the pixel probabilities), "continuous-bernoulli" (logits of λ;
+    the normalised Bernoulli cross-entropy) or "gaussian" (mean sigmoid(logits), standard deviation
+    gaussian_scale(raw_scale) with raw_scale (P,) learned per pixel). A density for the continuous
+    ones: it may exceed 1 per pixel, so their nats may be negative.
+    """
+    if likelihood in ("bernoulli", "continuous-bernoulli"):
+        logits, x = torch.broadcast_tensors(logits, x)
+    if likelihood == "bernoulli":
+        return -bernoulli_nll(logits, x)
+    if likelihood == "continuous-bernoulli":
+        return (continuous_bernoulli_log_norm(logits)
+                - F.binary_cross_entropy_with_logits(logits, x, reduction="none")).sum(-1)
+    if likelihood == "gaussian":
+        scale = gaussian_scale(raw_scale)  # (P,)
+        z = (x - torch.sigmoid(logits)) / scale
+        return -(0.5 * z.square() + scale.log() + 0.5 * LOG_2PI).sum(-1)
+    raise ValueError(f"unknown likelihood {likelihood!r}; choose one of: {', '.join(LIKELIHOOD_NAMES)}")
+
+
+def affine_log_prob(likelihood: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, offset), each (..., P), with log p(x|z) = Σ_p x_p·weight_p + offset_p for every image x, or
+    None where log p(x|z) is not affine in x (the Gaussian).
+
+    Both Bernoulli forms are: x·log λ + (1 − x)·log(1 − λ) = x·l − softplus(l), plus log C(λ) for the
+    continuous one. likelihood.py uses this to score many images against many codes with one matrix
+    product; tests check it against `pixel_log_prob`.
+    """
+    if likelihood == "bernoulli":
+        return logits, -F.softplus(logits)
+    if likelihood == "continuous-bernoulli":
+        return logits, continuous_bernoulli_log_norm(logits) - F.softplus(logits)
+    return None
+
+
+def pixel_mean(likelihood: str, logits: torch.Tensor) -> torch.Tensor:
+    """E[x|z] per pixel, (..., P) -> (..., P) in [0, 1]: the image a decoder's output stands for."""
+    if likelihood == "continuous-bernoulli":
+        return continuous_bernoulli_mean(logits)
+    return torch.sigmoid(logits)  # Bernoulli probability; the Gaussian's mean is sigmoid(logits) too
+
+
+def decoder_nll(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """−log p(x|z) under the model's own likelihood, codes z (N, D) and images x (N, P) -> (N,) nats."""
+    logits = model.decode(z)  # (N, P)
+    likelihood = getattr(model, "likelihood", "bernoulli")  # (a model without one: Bernoulli, as always)
+    if likelihood == "bernoulli":
+        return bernoulli_nll(logits, x)  # written this way since vaelab 0.1: the paper's numbers, bit for bit
+    return -pixel_log_prob(likelihood, logits, x, raw_scale=model.decoder.raw_scale)
+
+
+def bits_per_dim(nats: float, n_dims: int) -> float:
+    """Nats per image -> bits per dimension: nats / (ln 2 · C·H·W)."""
+    return nats / (math.log(2) * n_dims)
 
 
 def paper_penalty(m: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -120,10 +230,10 @@ def _kl_sample(model: nn.Module, z: torch.Tensor, e: torch.Tensor, logvar: torch
 
 def paper_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> Terms:
-    """Eq. (2)-(3): e ~ N(0, 1), c = exp(σ)·e + m, loss = BCE(decode(c), x) + β·paper_penalty."""
+    """Eq. (2)-(3): e ~ N(0, 1), c = exp(σ)·e + m, loss = −log p(x|c) + β·paper_penalty (Bernoulli: BCE)."""
     m, sigma = model.encode(x)  # (N, D) each
     c = sigma.exp() * _noise(m, generator, noise) + m
-    reconstruction = bernoulli_nll(model.decode(c), x)
+    reconstruction = decoder_nll(model, c, x)
     regularizer = paper_penalty(m, sigma)
     return {"loss": reconstruction + beta * regularizer, "reconstruction": reconstruction,
             "regularizer": regularizer}
@@ -131,14 +241,14 @@ def paper_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noi
 
 def elbo_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> Terms:
-    """Negative ELBO (β-weighted): z = m + exp(½·logvar)·e, loss = BCE + β·KL(q ‖ p).
+    """Negative ELBO (β-weighted): z = m + exp(½·logvar)·e, loss = −log p(x|z) + β·KL(q ‖ p).
 
     KL(q ‖ N(0, I)) in closed form for the standard prior; for a learned prior (mog, vamp) its one-sample
     estimate log q(z|x) − log p(z) at the same z (so `iwae` with k = 1 is this objective exactly)."""
     m, logvar = model.encode(x)  # (N, D) each
     e = _noise(m, generator, noise)  # (N, D)
     z = m + (0.5 * logvar).exp() * e
-    reconstruction = bernoulli_nll(model.decode(z), x)
+    reconstruction = decoder_nll(model, z, x)
     regularizer = _kl_sample(model, z, e, logvar) if learned_prior(model) else gaussian_kl(m, logvar)
     return {"loss": reconstruction + beta * regularizer, "reconstruction": reconstruction,
             "regularizer": regularizer}
@@ -159,8 +269,8 @@ def iwae_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, k: i
     e = _noise(m, generator, noise, noise_shape("iwae", len(m), m.shape[-1], k=k))  # (N, k, D)
     z = m[:, None] + (0.5 * logvar)[:, None].exp() * e  # (N, k, D)
     n, k, d = z.shape
-    logits = model.decode(z.reshape(n * k, d))  # (N·k, P)
-    reconstruction = bernoulli_nll(logits, x.repeat_interleave(k, 0)).reshape(n, k)  # (N, k) −log p(x|z_i)
+    # −log p(x|z_i) under the model's pixel likelihood, (N, k)
+    reconstruction = decoder_nll(model, z.reshape(n * k, d), x.repeat_interleave(k, 0)).reshape(n, k)
     kl = _kl_sample(model, z, e, logvar[:, None])  # (N, k)
     log_w = -reconstruction - beta * kl  # (N, k)
     loss = math.log(k) - torch.logsumexp(log_w, 1)
@@ -169,8 +279,8 @@ def iwae_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, k: i
 
 def reconstruction_objective(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0, noise: torch.Tensor | None = None,
                              generator: torch.Generator | None = None) -> Terms:
-    """The autoencoder's loss: the same Bernoulli reconstruction term, no regulariser."""
-    reconstruction = bernoulli_nll(model.decode(model.encode(x)), x)
+    """The autoencoder's loss: the same reconstruction term (its likelihood's −log p(x|z)), no regulariser."""
+    reconstruction = decoder_nll(model, model.encode(x), x)
     return {"loss": reconstruction, "reconstruction": reconstruction,
             "regularizer": torch.zeros_like(reconstruction)}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import RunConfig
 from .discussion import anchor_paragraph, discussion, likelihood_paragraphs, measurement_lines, measurement_summary
 from .figures import FIGURES, figure_number
+from .objectives import LIKELIHOOD_NAMES
 from .runfiles import atomic_write
 from .table import (
     COLUMNS,
@@ -44,14 +45,20 @@ class Setup:
     phase_seconds: dict[str, float]
     wall_seconds: float
     figure_seed: int
-    interpolation_classes: tuple[int, int]
+    interpolation_classes: tuple[int, int] | None  # None: your own images without labels (the first two)
     code_stats: dict = field(default_factory=dict)
     explorer: str | None = None  # the latent explorer page, relative to the report (None: not written)
     explorer_runs: tuple[str, ...] = ()  # labels of the runs it shows
 
 
 def captions(setup: Setup) -> dict[str, str]:
-    s, (a, b) = setup.figure_seed, setup.interpolation_classes
+    s, classes = setup.figure_seed, setup.interpolation_classes
+    if classes and setup.base.classes:  # your own images in named classes
+        pair = f"the first test images of class {setup.base.classes[classes[0]]} and {setup.base.classes[classes[1]]}"
+    elif classes:
+        pair = f"the first test digits of class {classes[0]} and {classes[1]}"
+    else:
+        pair = "the first two test images"
     h = ", ".join(map(str, setup.base.hidden))
     return {
         "structure": f"The VAE of eq. (2)-(3) as trained here for latent dimension 2, drawn from its config: "
@@ -72,7 +79,7 @@ def captions(setup: Setup) -> dict[str, str]:
                     "grid in (0, 1) (the inverse normal CDF, as in Kingma & Welling), a grid for latent "
                     "dimension 2 and a strip for latent dimension 1. Axis ticks give the code values.",
         "interpolation": f"The paper's full-moon / half-moon argument with digits (seed {s}): codes α1 and α2 of "
-                         f"the first test digits of class {a} and {b}, decodes along the line between them, "
+                         f"{pair}, decodes along the line between them, "
                          "the midpoint (α1 + α2)/2 framed in red; one row per model and latent dimension.",
     }
 
@@ -89,15 +96,34 @@ def setup_lines(setup: Setup) -> list[str]:
               if c.binarize == "dynamic" else "grayscale intensities in [0, 1] (no binarization)")
     hidden = " → ".join(map(str, c.hidden))
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in setup.phase_seconds.items())
+    data = (f"Data: {DATASET_NAMES.get(c.dataset, c.dataset)}; the official training set split into {n_train} "
+            f"training images and its last {n_valid} as the validation set; the official {n_test} test "
+            f"images.{subset}")
+    if c.is_source:  # your own images: what they are and how they were split
+        shape = "x".join(map(str, c.image_shape))
+        kinds = f", {len(c.classes)} classes ({', '.join(c.classes)})" if c.classes else ""
+        data = (f"Data: your own images, `{c.dataset}` ({shape} C x H x W{kinds}): {n_train} training, "
+                f"{n_valid} validation and {n_test} test images (validation fraction {c.valid_fraction:g}, test "
+                f"fraction {c.test_fraction:g}, drawn with each run's seed unless the source has its own "
+                f"split).{subset}")
+    if c.likelihood != "bernoulli":
+        pixels = f"{pixels}; p(x|z): the {LIKELIHOOD_NAMES[c.likelihood]}, a density (its nats can be negative)"
+    architecture = (f"Architecture (all neural models): encoder MLP {c.n_pixels} → {hidden} → code (ReLU between "
+                    f"layers; the VAE outputs m and σ), decoder mirrored back to {c.n_pixels} Bernoulli logits. "
+                    "PCA: the top principal directions of one binarized draw of the training images, in closed "
+                    "form.")
+    if c.arch == "conv" or c.likelihood != "bernoulli":
+        trunk = (f"convolutional encoder on {'x'.join(map(str, c.image_shape))} images (two 4x4 stride-2 "
+                 f"convolutions, a dense layer of {c.hidden[-1]}) → code, transposed convolutions back"
+                 if c.arch == "conv" else f"encoder MLP {c.n_pixels} → {hidden} → code, decoder mirrored back")
+        architecture = (f"Architecture (all neural models): {trunk} to {c.n_pixels} logits of the "
+                        f"{c.likelihood} likelihood (ReLU between layers; the VAE outputs m and σ). PCA: the top "
+                        "principal directions of the training images, in closed form.")
     return [
         f"Command: `{setup.command}` (vaelab {setup.version}).",
-        f"Data: {DATASET_NAMES.get(c.dataset, c.dataset)}; the official training set split into {n_train} "
-        "training images and its last "
-        f"{n_valid} as the validation set; the official {n_test} test images.{subset}",
+        data,
         f"Pixel model: {pixels}.",
-        f"Architecture (all neural models): encoder MLP {c.n_pixels} → {hidden} → code (ReLU between layers; "
-        f"the VAE outputs m and σ), decoder mirrored back to {c.n_pixels} Bernoulli logits. PCA: the top "
-        "principal directions of one binarized draw of the training images, in closed form.",
+        architecture,
         "Objectives: autoencoder, Bernoulli reconstruction; VAE (paper), eq. (2)-(3) exactly as written; "
         "VAE (ELBO), the negative ELBO of Kingma & Welling; PCA, squared error.",
         f"Optimizer: Adam, learning rate {c.lr:g}, batch size {c.batch_size}, {setup.epochs} epochs per run; "

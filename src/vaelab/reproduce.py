@@ -44,7 +44,7 @@ from .config import (
     RunConfig,
     parse_whole_numbers,
 )
-from .data import DataError, PixelData, load_data
+from .data import SPECS, DataError, PixelData, load_data, with_source
 from .device import resolve_device
 from .evaluate import evaluate_run
 from .explorer import write_explorer
@@ -79,8 +79,8 @@ class Settings:
     iwae_images: int = IWAE_IMAGES  # IWAE and the ELBO split on the first N test images
     realism_images: int = REALISM_IMAGES  # interpolation midpoints and prior samples scored per run
 
-    def command(self, out: Path) -> str:
-        """The explicit command line that reproduces these settings."""
+    def command(self, out: Path, base: RunConfig | None = None) -> str:
+        """The explicit command line that reproduces these settings (and `base`'s data and model choices)."""
         if self.quick and (self.epochs, len(self.seeds)) == (QUICK_EPOCHS, QUICK_SEEDS):
             parts = ["vaelab reproduce --quick"]
         else:
@@ -93,6 +93,10 @@ class Settings:
             parts.append(f"--iwae-k {self.iwae_k}")
         if self.iwae_images != default.iwae_images:
             parts.append(f"--iwae-images {self.iwae_images}")
+        defaults = RunConfig()
+        for name in ("dataset", "arch", "likelihood"):  # the choices `vaelab reproduce` takes as options
+            if base is not None and getattr(base, name) != getattr(defaults, name):
+                parts.append(f"--{name} {getattr(base, name)}")
         return " ".join(parts + [f"--out {out}"])
 
 
@@ -214,13 +218,15 @@ def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto", 
     A column that needs more than the objective's terms (say an exact likelihood) turns the matching
     `evaluate_run` option on here and is declared in `report.COLUMNS`. Likelihoods: exact NLL where
     the latent dimension is <= 2, else IWAE only (PCA and the autoencoder get "n/a"); classifier
-    scores for every model (the classifier is trained once from `data_dir` and cached; `log` gets its
-    messages).
+    scores for every model of a known dataset (the classifier is trained once from `data_dir` and
+    cached; `log` gets its messages); none for your own images.
     """
     s = settings or make_settings()
-    nll = "exact,iwae" if load_config(run_dir).latent_dim <= 2 else "iwae"
+    config = load_config(run_dir)
+    nll = "exact,iwae" if config.latent_dim <= 2 else "iwae"
     return evaluate_run(run_dir, data=data, device=device, nll=nll, k=s.iwae_k, nll_images=s.nll_images,
-                        iwae_images=s.iwae_images, classifier=True, classifier_images=s.realism_images,
+                        iwae_images=s.iwae_images, classifier=config.dataset in SPECS,  # (classifiers: MNIST-format)
+                        classifier_images=s.realism_images,
                         data_dir=data_dir, bar=False, log=log)
 
 
@@ -315,19 +321,22 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
     figs.training_curves(curves, paths["curves"])
 
     test_x, test_y = data.test.cpu(), data.splits.test_y
-    first = torch.stack([torch.nonzero(test_y == c)[0, 0] for c in range(10)])  # a test digit per class
+    shape, mnist = data.image_shape, next(iter(models.values()))[1].dataset in SPECS  # MNIST-format: digits
+    first = _first_of_each_class(test_y)  # a test digit per class (your own images: per class, or the first 10)
     rows = [(label[(*mo, d)], _run(models[(*mo, d)][0], lambda m: m.reconstruct, test_x[first]))
             for d in dims for mo in EXPERIMENT]
-    figs.reconstructions(test_x[first], rows, paths["reconstructions"])
+    figs.reconstructions(test_x[first], rows, paths["reconstructions"], shape=shape,
+                         what="test digits" if mnist else "test images")
 
     panels = [[(label[(*mo, d)], sample_images(models[(*mo, d)][0], 36, seed=0).cpu()) for mo in EXPERIMENT]
               for d in dims]
-    figs.samples(panels, paths["samples"])
+    figs.samples(panels, paths["samples"], shape=shape)
 
     codes = {(*mo, d): _run(models[(*mo, d)][0], lambda m: partial(encode_mean, m), test_x)
              for mo in EXPERIMENT for d in dims}
+    names = None if mnist else (list(data.splits.classes) or [str(c) for c in range(int(test_y.max()) + 1)])
     figs.latent_space([(MODEL_LABELS[mo], [(d, codes[(*mo, d)]) for d in dims]) for mo in EXPERIMENT],
-                      test_y, paths["latent"])
+                      test_y, paths["latent"], names=names, what="digit" if mnist else "class")
     stats_dim = 2 if 2 in dims else dims[-1]
     code_stats = {MODEL_LABELS[mo]: {
         "dim": stats_dim, "seed": seed, "std": codes[(*mo, stats_dim)].std(0).tolist(),
@@ -341,9 +350,10 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
     manifold_panels = [(MODEL_LABELS[mo], {d: _run(models[(*mo, d)][0], lambda m: partial(decode_to_pixels, m),
                                                    grid_codes[d]) for d in dims if d in grid_codes})
                        for mo in EXPERIMENT if mo[0] == "vae"]  # only the VAEs have a prior to take quantiles of
-    figs.manifold(manifold_panels, quantiles, paths["manifold"])
+    figs.manifold(manifold_panels, quantiles, paths["manifold"], shape=shape)
 
-    a, b = (int(torch.nonzero(test_y == c)[0, 0]) for c in INTERPOLATION_CLASSES)
+    classes = interpolation_classes(test_y)
+    a, b = ((int(torch.nonzero(test_y == c)[0, 0]) for c in classes) if classes else (0, 1))
     t = torch.linspace(0, 1, 11)[:, None]  # step 5 is t = 0.5: the midpoint (α1 + α2)/2
     interp_rows = []
     for d in dims:
@@ -352,21 +362,42 @@ def make_figures(out: Path, runs: dict[tuple[str, str, int, int], Path], data: P
             alpha = _run(model, lambda m: partial(encode_mean, m), test_x[[a, b]])  # (2, D): α1, α2
             line = (1 - t) * alpha[0] + t * alpha[1]  # (11, D)
             interp_rows.append((label[(*mo, d)], _run(model, lambda m: partial(decode_to_pixels, m), line)))
+    shown = tuple(names[c] for c in classes) if classes and names and not mnist else classes
     figs.interpolation(test_x[a], test_x[b], interp_rows, paths["interpolation"], mid_index=5,
-                       classes=INTERPOLATION_CLASSES)
+                       classes=shown, shape=shape, what="test digits" if mnist else "test images")
     return paths, code_stats
 
 
 def make_explorer(out: Path, runs: dict[tuple[str, str, int, int], Path], settings: Settings, *,
                   data_dir: str | Path | None = None, device: str = "auto") -> tuple[str, ...]:
     """OUT/explorer.html with the neural latent-2 runs of the first seed (autoencoder and both VAEs)
-    side by side; returns their labels, or () when latent 2 is not among the settings."""
+    side by side; returns their labels, or () when latent 2 is not among the settings or the runs are not
+    what the page can decode (it runs MLP decoders of Bernoulli pixels only)."""
     if 2 not in settings.latent_dims:
         return ()
     shown = [(m, o) for m, o in EXPERIMENT if m != "pca"]  # PCA has no neural decoder to run in the page
-    write_explorer(out / EXPLORER_FILE, [runs[(m, o, 2, settings.seeds[0])] for m, o in shown], data_dir=data_dir,
-                   device=device)
+    paths = [runs[(m, o, 2, settings.seeds[0])] for m, o in shown]
+    config = load_config(paths[0])
+    if (config.arch, config.likelihood) != ("mlp", "bernoulli"):
+        return ()
+    write_explorer(out / EXPLORER_FILE, paths, data_dir=data_dir, device=device)
     return tuple(MODEL_LABELS[mo] for mo in shown)
+
+
+def _first_of_each_class(y: torch.Tensor, at_most: int = 10) -> torch.Tensor:
+    """Indices of the first test image of each class (up to `at_most` classes); images without labels
+    (-1): the first `at_most`."""
+    found = [int(torch.nonzero(y == c)[0, 0]) for c in sorted(set(y.tolist())) if c >= 0][:at_most]
+    return torch.tensor(found if len(found) > 1 else list(range(min(at_most, len(y)))))
+
+
+def interpolation_classes(y: torch.Tensor) -> tuple[int, int] | None:
+    """The classes whose first test images the interpolation figure joins: the paper's full and half moon
+    (a 0 and a 1) where both exist, else the first two classes; None for images without labels."""
+    present = sorted(c for c in set(y.tolist()) if c >= 0)
+    if all(c in present for c in INTERPOLATION_CLASSES):
+        return INTERPOLATION_CLASSES
+    return tuple(present[:2]) if len(present) >= 2 else None
 
 
 def _run(model: torch.nn.Module, method, x: torch.Tensor) -> torch.Tensor:
@@ -392,13 +423,17 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
     out = Path(out)
     settings = settings or make_settings()
     base = base or RunConfig()
+    data = None
+    if base.is_source:  # read first: the runs record the image shape and classes it reveals
+        data = load_data(base, data_dir)
+        base = with_source(base, data)
     specs = plan(settings, base)
     runs_dir = out / "runs"
     for spec in specs:  # refuse mismatched runs before any training starts
         run_dir = runs_dir / spec.name
         if not force and (run_dir / CONFIG_FILE).exists():
             check_existing(spec, run_dir)
-    data = load_data(base, data_dir)  # one in-memory copy shared by every run
+    data = data or load_data(base, data_dir)  # one in-memory copy shared by every run
     if settings.train_images is not None and settings.train_images > len(data.train):
         raise ReproduceError(f"--quick trains on {settings.train_images} images but the training split has "
                              f"only {len(data.train)}")
@@ -410,7 +445,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         t0 = time.perf_counter()
         if executor.kind == "serial":
             failures = _train_serially(specs, runs_dir, data=data, force=force, device=device, bar=bar, what=what,
-                                       command=settings.command(out))
+                                       command=settings.command(out, base))
         else:
             failures = _train_in_parallel(specs, runs_dir, units, executor, data_dir=data_dir, force=force,
                                           device=device, bar=bar, what=what)
@@ -418,7 +453,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
             raise ReproduceFailed(f"{len(failures)} of {len(specs)} runs failed: "
                                   + "; ".join(f"{name}: {error.splitlines()[0]}" for name, error in failures)
                                   + f". The other runs are saved; give the same command again to retry the failed "
-                                  f"ones (finished runs are reused): {settings.command(out)}")
+                                  f"ones (finished runs are reused): {settings.command(out, base)}")
         train_seconds = time.perf_counter() - t0
         bar.phase("evaluating")
         t0 = time.perf_counter()
@@ -440,7 +475,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         bar.phase("report")
         records = [load_record(runs_dir / spec.name) for spec in specs]
         setup = Setup(
-            command=settings.command(out),
+            command=settings.command(out, base),
             version=__version__,
             epochs=settings.epochs,
             seeds=settings.seeds,
@@ -459,7 +494,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
                            **({"explorer": explorer_seconds} if explorer_runs else {})},
             wall_seconds=time.perf_counter() - started,
             figure_seed=settings.seeds[0],
-            interpolation_classes=INTERPOLATION_CLASSES,
+            interpolation_classes=interpolation_classes(data.splits.test_y),
             code_stats=code_stats,
             explorer=EXPLORER_FILE if explorer_runs else None,
             explorer_runs=explorer_runs,

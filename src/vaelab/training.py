@@ -40,12 +40,12 @@ from .checkpoint import (
     save_training_state,
 )
 from .config import ConfigError, RunConfig, check_data_size, check_options_apply
-from .data import PixelData, load_data
+from .data import PixelData, load_data, with_source
 from .device import native_bfloat16, resolve_device
 from .distributed import World, join
 from .linear import preferred_kernel, set_kernel
 from .models import PCA, init_model
-from .objectives import evaluate_objective, noise_shape, objective_function
+from .objectives import bits_per_dim, evaluate_objective, noise_shape, objective_function
 from .runfiles import (
     MODEL_FILE,
     CheckpointError,
@@ -176,6 +176,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
             raise
     data = data if data is not None else load_data(config, data_dir)
     data.check()
+    config = with_source(config, data)  # a folder or array source: record its image shape and classes
     check_data_size(config, len(data.train))
     init_model(config, dev)  # sizes or a seed that cannot be used fail here, before anything is written
     if not world.main:
@@ -413,7 +414,7 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
                 append_timing(run_dir, {"epoch": epoch, "seconds": round(time.perf_counter() - started, 3)})
         seconds = time.perf_counter() - started
         log(f"epoch {epoch}/{config.epochs}  train loss {train_means[0]:.2f}  valid loss {valid['loss']:.2f} "
-            f"nats/image  ({seconds:.1f} s)")
+            f"nats/image{_per_dim(config, valid['loss'])}  ({seconds:.1f} s)")
         if stop.requested:
             raise TrainingInterrupted(f"interrupted after epoch {epoch}; saved its checkpoint. "
                                       f"Resume with: vaelab train --resume {run_dir}")
@@ -429,6 +430,13 @@ def _what_is_left(run_dir: Path, state: dict) -> str:
                 "be reused, as it holds no checkpoint")
     return (f"the last good checkpoint (epoch {state['epoch']}) is intact. --resume would repeat the same steps; "
             "for a lower --lr start a new run (another --out)")
+
+
+def _per_dim(config: RunConfig, nats: float) -> str:
+    """', 0.123 bits/dim (bernoulli)': the loss per dimension and the likelihood it is in; '' for PCA."""
+    if config.model == "pca":
+        return ""
+    return f", {bits_per_dim(nats, config.n_pixels):.4f} bits/dim ({config.likelihood})"
 
 
 @contextmanager
