@@ -1,5 +1,6 @@
 """The on-demand benchmarks run end to end (on tiny fake data here) and print what they promise."""
 
+import json
 import re
 import runpy
 import sys
@@ -38,3 +39,24 @@ def test_defaults_sweep_prints_one_row_per_cell(fake_mnist, monkeypatch, capsys)
                                                   ("8", "32", "0.001"), ("8", "64", "0.001")]
     for row in rows:
         assert 0 < float(row[3]) < 1000 and float(row[4]) >= 0  # mean loss (nats/image), sd over the two seeds
+
+
+def test_likelihood_study_prints_every_variant_with_the_chosen_one(fake_mnist, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "study"
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/likelihood_study.py` has it (cpu_model)
+    run_benchmark("likelihood_study.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID),
+                                          "--quick", "--epochs", "1", "--hidden", "16", "--iwae-k", "8",
+                                          "--nll-images", "30", "--out", str(out)], monkeypatch)
+    printed = capsys.readouterr().out
+    assert re.search(r"^.+, \d+ cores; torch ", printed, re.M), printed  # the CPU it ran on
+    table = [line for line in printed.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    names = ["recipe", "- iwae", "- prior", "- warmup", "- cosine", "baseline"]  # 1 epoch: no epochs lever
+    assert [line.split(" | ")[1].split(" (")[0] for line in table] == names * 2
+    assert sum("(chosen on validation)" in line for line in table) == 2  # one per latent dimension
+    for line in table:
+        assert re.search(r"(\| -?[\d.]+ ± [\d.]+ ){4}\| \d+ \|$", line), line
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["rows"]) == 12 and {r["iwae_k"] for r in saved["rows"]} == {8}
+    recipe = next(r for r in saved["rows"] if r["variant"] == "recipe")
+    assert recipe["config"]["preset"] == "z2-best" and recipe["config"]["objective"] == "iwae"
+    assert (out / "results.md").read_text().startswith("| latent | variant |")

@@ -54,6 +54,18 @@ def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys):
     (["train", "--no-such-flag"], "No such option"),
     (["evaluate", "does-not-exist"], "no such run directory"),
     (["frobnicate"], "No such command"),
+    (["train", "--objective", "elbo", "--prior", "mog:0", "--out", "x"], "prior must be standard, mog:K or vamp:K"),
+    (["train", "--objective", "elbo", "--prior", "vamp:x", "--out", "x"], "prior must be standard, mog:K or vamp:K"),
+    (["train", "--prior", "mog:3", "--out", "x"], "a learned prior (mog:3) needs a VAE trained on elbo or iwae"),
+    (["train", "--k", 5, "--out", "x"], "--k is the number of importance samples of --objective iwae"),
+    (["train", "--objective", "elbo", "--k", 1, "--out", "x"], "--k is the number of importance samples"),
+    (["train", "--objective", "iwae", "--k", 0, "--out", "x"], "k (importance samples) must be a whole number"),
+    (["train", "--warmup", -2, "--out", "x"], "warmup must be a whole number of epochs >= 0"),
+    (["train", "--lr-schedule", "step", "--out", "x"], "unknown learning-rate schedule 'step'"),
+    (["train", "--preset", "z9-best", "--out", "x"], "unknown preset 'z9-best'; choose one of: z2-best"),
+    (["train", "--preset", "z2-best", "--objective", "paper", "--out", "x"],
+     "a learned prior (vamp:100) needs a VAE trained on elbo or iwae, not vae (paper): the paper's penalty is "
+     "written against N(0, I) (--preset z2-best sets --model vae"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -100,3 +112,24 @@ def test_help_prints_defaults_plainly(command, capsys):
     code, out, _ = run([command, "--help"], capsys)
     assert code == 0 and "[default: " in out and "\\[" not in out
 
+
+
+def test_preset_expands_explicit_options_override_and_the_name_is_recorded(fake_mnist, tmp_path, capsys):
+    run_dir = tmp_path / "best"
+    code, out, err = run(["train", "--preset", "z2-best", "--k", 2, "--prior", "mog:3", "--hidden", "16",
+                          "--epochs", 2, "--warmup", 1, "--valid-size", FAKE_VALID, "--data-dir", fake_mnist,
+                          "--out", run_dir], capsys)
+    assert code == 0, err
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert (config["preset"], config["objective"], config["k"], config["prior"], config["lr_schedule"],
+            config["warmup"], config["epochs"], config["latent_dim"]) == ("z2-best", "iwae", 2, "mog:3", "cosine",
+                                                                           1, 2, 2)
+    code, out, err = run(["evaluate", run_dir, "--nll", "exact", "--data-dir", fake_mnist], capsys)
+    assert code == 0, err
+    assert "p(z) = mog:3 (learned)" in out and "exact NLL" in out
+    code, out, err = run(["sample", run_dir, "-n", 4, "-o", tmp_path / "s.png"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", run_dir, "--prior", "standard"], capsys)
+    assert code == 2 and "drop --prior" in err
+    code, out, _ = run(["train", "--help"], capsys)
+    assert all(flag in out for flag in ("--k", "--prior", "--warmup", "--lr-schedule", "--preset"))

@@ -46,3 +46,33 @@ def test_parse_hidden():
     for text in ("", "a,b", "0", "-3,4", "1.5", "10,,20", "10,", ",10", "1_0", "+5", "٣"):
         with pytest.raises(ConfigError, match="--hidden takes"):
             parse_hidden(text)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"prior": "mog:0", "objective": "elbo"}, "prior must be standard, mog:K or vamp:K"),
+    ({"prior": "vamp:x", "objective": "elbo"}, "prior must be standard, mog:K or vamp:K"),
+    ({"prior": "flow:3", "objective": "elbo"}, "prior must be standard, mog:K or vamp:K"),
+    ({"prior": "mog:3"}, "a learned prior (mog:3) needs a VAE trained on elbo or iwae"),
+    ({"k": 5, "objective": "elbo"}, "applies to the iwae objective only"),
+    ({"k": 0, "objective": "iwae"}, "k (importance samples) must be a whole number >= 1"),
+    ({"warmup": -1}, "warmup must be a whole number of epochs >= 0"),
+    ({"warmup": 2, "model": "autoencoder", "objective": "reconstruction"}, "has no KL term"),
+    ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'"),
+    ({"preset": "z9-best"}, "unknown preset 'z9-best'"),
+])
+def test_likelihood_options_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**values)
+
+
+def test_the_papers_defaults_stay_and_presets_expand_under_explicit_values():
+    c = RunConfig()
+    assert (c.k, c.prior, c.warmup, c.lr_schedule, c.preset) == (1, "standard", 0, "constant", None)
+    old = {key: value for key, value in c.to_dict().items()
+           if key not in ("k", "prior", "warmup", "lr_schedule", "preset")}
+    assert RunConfig.from_dict(old) == c  # a config.json written before these options loads unchanged
+    best = RunConfig.from_preset("z2-best", epochs=3, prior="mog:8")
+    assert (best.objective, best.k, best.prior, best.epochs, best.preset) == ("iwae", 5, "mog:8", 3, "z2-best")
+    assert RunConfig.from_dict(best.to_dict()) == best
+    with pytest.raises(ConfigError, match="unknown preset"):
+        RunConfig.from_preset("nope")

@@ -138,3 +138,22 @@ def test_shards_split_a_batch_in_order():
     parts = [World(r, 3).shard(batch) for r in range(3)]
     assert torch.equal(torch.cat(parts), batch) and [len(p) for p in parts] == [4, 3, 3]
     assert World().shard(batch) is batch and not World().distributed and World().main
+
+
+def test_iwae_noise_and_a_learned_prior_split_over_ranks_like_the_images(mnist_root, tmp_path):
+    """IWAE's (B, K, D) noise is sharded along the batch as the images are; the prior's parameters, the
+    warm-up and the cosine schedule are the same on every rank."""
+    env = environment(mnist_root)
+    args = ["--model", "vae", "--objective", "iwae", "--k", "3", "--prior", "mog:4", "--warmup", "1",
+            "--lr-schedule", "cosine", "--latent-dim", "2", "--hidden", "64,32", "--batch-size", "1668",
+            "--epochs", "1"]
+    single = subprocess.run([*VAELAB, "train", *args, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = torchrun(2, ["train", *args, "--out", str(tmp_path / "two")], env)
+    assert double.returncode == 0, double.stderr
+    one, two = newest_model(tmp_path / "one"), newest_model(tmp_path / "two")
+    assert "model.prior.means" in one
+    assert largest_relative_difference(one, two) < 1e-5
+    assert read_metrics(tmp_path / "two")[-1]["train_loss"] == pytest.approx(
+        read_metrics(tmp_path / "one")[-1]["train_loss"], rel=1e-5)

@@ -30,8 +30,8 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# models uses objectives' likelihood means; sources (your own images) writes its cache with runfiles'
-# atomic_write, and data dispatches to sources.
+# models uses objectives' likelihood means and Gaussian densities (the prior p(z)); sources (your own
+# images) writes its cache with runfiles' atomic_write, and data dispatches to sources.
 
 
 def package_imports(path: Path) -> set[str]:

@@ -49,6 +49,85 @@ def test_hidden_sizes_are_configurable():
     assert ae.encode(torch.rand(2, 784)).shape == (2, 1)
 
 
+# --- the prior p(z) ---------------------------------------------------------------------------------
+
+def vae_with(prior: str, latent_dim: int = 2, n_pixels: int = 12, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    model = VAE(n_pixels=n_pixels, latent_dim=latent_dim, hidden=(16,), prior=prior)
+    with torch.no_grad():  # move the learned parameters off their start values
+        for p in model.prior.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    return model
+
+
+def test_standard_prior_is_the_papers_and_adds_nothing_to_the_weights():
+    torch.manual_seed(0)
+    plain = VAE(n_pixels=12, latent_dim=2, hidden=(16,))
+    torch.manual_seed(0)
+    mog = VAE(n_pixels=12, latent_dim=2, hidden=(16,), prior="mog:3")
+    assert set(mog.state_dict()) - set(plain.state_dict()) == {"prior.means", "prior.log_scales"}
+    for name, value in plain.state_dict().items():  # the other weights are drawn as with N(0, I)
+        assert torch.equal(value, mog.state_dict()[name]), name
+    z = torch.randn(6, 2)
+    reference = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(plain.log_prior(z), reference)
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_mixture_prior_matches_torch_distributions(latent_dim):
+    model = vae_with("mog:4", latent_dim)
+    means, scales = model.prior.means.detach(), model.prior.log_scales.detach().exp()
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(4)),
+        torch.distributions.Independent(torch.distributions.Normal(means, scales), 1))
+    z = 3 * torch.randn(50, latent_dim, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.log_prior(z), reference.log_prob(z))
+    torch.testing.assert_close(model.log_prior(z.double()), reference.log_prob(z.double()).float().double(),
+                               atol=1e-5, rtol=0)  # float64 for the quadrature
+    assert model.log_prior(z.reshape(5, 10, latent_dim)).shape == (5, 10)  # any leading shape
+
+
+def test_vamp_prior_is_the_mean_of_the_encoders_posteriors_at_the_pseudo_inputs():
+    model = vae_with("vamp:5")
+    u = torch.sigmoid(model.prior.raw_inputs.detach())  # (5, P) pseudo-images in [0, 1]
+    assert torch.equal(model.prior.pseudo_inputs().detach(), u)
+    z = 2 * torch.randn(30, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        densities = []
+        for k in range(5):  # one pseudo-input at a time, straight through the encoder
+            m, logvar = model.encode(u[k:k + 1])  # σ is the log variance (elbo / iwae)
+            q = torch.distributions.Independent(torch.distributions.Normal(m[0], (0.5 * logvar[0]).exp()), 1)
+            densities.append(q.log_prob(z).exp())
+        reference = torch.stack(densities).mean(0).log()
+    torch.testing.assert_close(model.log_prior(z).detach(), reference, rtol=1e-5, atol=1e-5)
+    # gradients reach the pseudo-inputs and the encoder through log p(z)
+    model.log_prior(z).sum().backward()
+    assert model.prior.raw_inputs.grad.abs().sum() > 0 and model.to_stats.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prior", ["standard", "mog:3", "vamp:4"])
+def test_prior_samples_follow_the_prior(prior):
+    from vaelab.models import sample_images
+
+    model = vae_with(prior)
+    z = model.sample_prior(20000, torch.Generator().manual_seed(3)).detach()
+    means, logvars = (t.detach() for t in model.prior.components(model))
+    expected_mean = means.mean(0)  # equal weights
+    expected_var = (logvars.exp() + means.square()).mean(0) - expected_mean.square()
+    torch.testing.assert_close(z.mean(0), expected_mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(z.var(0), expected_var, atol=0.05, rtol=0.05)
+    images = sample_images(model, 4, seed=0)
+    assert images.shape == (4, 12) and torch.equal(images, sample_images(model, 4, seed=0))
+
+
+def test_standard_prior_samples_are_the_same_draws_as_before():
+    from vaelab.models import decode_to_pixels, sample_images
+
+    model = vae_with("standard")
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(sample_images(model, 8, seed=5), decode_to_pixels(model, z))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 13, 7), (1, 5, 9)])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
 def test_conv_models_take_any_image_shape(shape, likelihood):

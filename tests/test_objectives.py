@@ -6,11 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from vaelab.models import VAE
 from vaelab.objectives import (
     bernoulli_nll,
     elbo_objective,
     evaluate_objective,
     gaussian_kl,
+    iwae_objective,
+    log_normal,
+    noise_shape,
     paper_objective,
     paper_penalty,
     reconstruction_objective,
@@ -130,6 +134,81 @@ def test_evaluate_objective_is_deterministic_and_per_image():
     assert set(a) == {"loss", "reconstruction", "regularizer", "squared_error"}
 
 
+# --- IWAE (Burda et al. 2016) and the ELBO with a learned prior -------------------------------------
+
+def small_vae(prior: str = "standard", seed: int = 0) -> VAE:
+    """An untrained VAE on 6 pixels whose decoder varies sharply with z: q(z|x) is far from p(z|x)."""
+    torch.manual_seed(seed)
+    model = VAE(n_pixels=6, latent_dim=2, hidden=(8,), prior=prior)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def test_noise_shape_is_declared_by_the_objective():
+    assert noise_shape("paper", 8, 2) == noise_shape("elbo", 8, 2) == (8, 2)
+    assert noise_shape("iwae", 8, 2, k=5) == (8, 5, 2)
+    assert noise_shape("reconstruction", 8, 2) is None and noise_shape("squared-error", 8, 2) is None
+
+
+def test_log_normal_matches_torch_distributions():
+    g = torch.Generator().manual_seed(9)
+    z, m, logvar = torch.randn(4, 3, 2, generator=g), torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    reference = torch.distributions.Normal(m, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    torch.testing.assert_close(log_normal(z, m, logvar), reference)
+
+
+@pytest.mark.parametrize("prior", ["mog:3", "vamp:4"])
+def test_iwae_with_one_sample_is_the_elbo_exactly_with_the_same_noise(prior):
+    model = small_vae(prior)
+    x = torch.bernoulli(torch.full((10, 6), 0.4), generator=torch.Generator().manual_seed(1))
+    e = torch.randn(10, 2, generator=torch.Generator().manual_seed(2))
+    elbo = elbo_objective(model, x, beta=0.7, noise=e)
+    iwae = iwae_objective(model, x, beta=0.7, k=1, noise=e[:, None])
+    for name in ("loss", "reconstruction", "regularizer"):
+        assert torch.equal(iwae[name], elbo[name]), name
+    # the learned prior's KL is the one-sample estimate log q(z|x) − log p(z) at the same z
+    m, logvar = model.encode(x)
+    z = m + (0.5 * logvar).exp() * e
+    torch.testing.assert_close(elbo["regularizer"], log_normal(z, m, logvar) - model.log_prior(z))
+
+
+def test_iwae_with_one_sample_and_the_standard_prior_estimates_the_elbos_closed_form_kl():
+    model = small_vae()
+    x = torch.bernoulli(torch.full((3, 6), 0.4), generator=torch.Generator().manual_seed(1))
+    e = torch.randn(3, 1, 2, generator=torch.Generator().manual_seed(2))
+    elbo = elbo_objective(model, x, noise=e[:, 0])
+    iwae = iwae_objective(model, x, k=1, noise=e)
+    assert torch.equal(iwae["reconstruction"], elbo["reconstruction"])  # same z, same decoder term
+    torch.testing.assert_close(iwae["loss"], iwae["reconstruction"] + iwae["regularizer"])
+    # in expectation over the noise the sampled KL is the closed form
+    draws = torch.randn(3, 200_000, 2, generator=torch.Generator().manual_seed(4))
+    m, logvar = model.encode(x)
+    z = m[:, None] + (0.5 * logvar)[:, None].exp() * draws
+    sampled_kl = (log_normal(z, m[:, None], logvar[:, None]) - model.log_prior(z)).mean(1)
+    torch.testing.assert_close(sampled_kl, elbo["regularizer"], atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("prior", ["standard", "mog:3"])
+def test_iwae_bound_tightens_with_k_on_a_fixed_model(prior):
+    """E[IWAE_k] is non-increasing in k (Burda et al. 2016, Thm. 1); the steps are far above the Monte Carlo error."""
+    model = small_vae(prior)
+    x = torch.bernoulli(torch.full((20, 6), 0.4), generator=torch.Generator().manual_seed(1)).repeat(200, 1)
+    with torch.no_grad():
+        means = {k: float(iwae_objective(model, x, k=k, generator=torch.Generator().manual_seed(k))["loss"].mean())
+                 for k in (1, 2, 5, 50)}
+    assert means[1] > means[2] + 0.5 and means[2] > means[5] + 0.3 and means[5] > means[50] + 0.1, means
+
+
+def test_evaluate_objective_passes_k_to_iwae():
+    model = small_vae("mog:2")
+    x = torch.bernoulli(torch.full((40, 6), 0.4), generator=torch.Generator().manual_seed(1))
+    one = evaluate_objective(model, "iwae", x, seed=3, k=1)
+    many = evaluate_objective(model, "iwae", x, seed=3, k=20)
+    assert many["loss"] < one["loss"] and evaluate_objective(model, "iwae", x, seed=3, k=20) == many
+
+
 # --- pixel likelihoods: each a normalised density (or distribution) of one pixel --------------------
 
 def _trapezoid(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -208,3 +287,22 @@ def test_bits_per_dim():
 
     assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
     assert bits_per_dim(-3072 * math.log(2) * 2, 3 * 32 * 32) == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("likelihood", ["continuous-bernoulli", "gaussian"])
+def test_iwae_and_a_learned_prior_under_the_continuous_likelihoods(likelihood):
+    """Issue 12 x issue 13: IWAE's reconstruction is the run's own pixel likelihood; k = 1 is the ELBO."""
+    from vaelab.config import RunConfig
+    from vaelab.models import init_model
+    from vaelab.objectives import decoder_nll
+
+    model = init_model(RunConfig(objective="iwae", k=2, prior="mog:3", likelihood=likelihood, binarize="none",
+                                 arch="conv", image_shape=(1, 8, 8), hidden=(16,)))
+    x = torch.rand(5, 64, generator=torch.Generator().manual_seed(1))
+    e = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    elbo = elbo_objective(model, x, noise=e)
+    iwae = iwae_objective(model, x, k=1, noise=e[:, None])
+    for name in ("loss", "reconstruction", "regularizer"):
+        assert torch.equal(iwae[name], elbo[name]), name
+    m, logvar = model.encode(x)
+    torch.testing.assert_close(elbo["reconstruction"], decoder_nll(model, m + (0.5 * logvar).exp() * e, x))

@@ -175,8 +175,9 @@ class Run:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """n images (n, H, W) in [0, 1]: decodes of codes drawn from the prior N(0, I) with `seed`
-        (PCA: from N(0, diag(its code variances))). Same seed, same images."""
+        """n images (n, H, W) in [0, 1]: decodes of codes drawn with `seed` from the VAE's prior (N(0, I), or
+        its learned mixture / VampPrior; the autoencoder: N(0, I); PCA: N(0, diag(its code variances))).
+        Same seed, same images."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n must be a whole number >= 0, got {n!r}")
         return self._images(sample_images(self.model, n, seed=seed))

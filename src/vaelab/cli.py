@@ -25,6 +25,7 @@ from .config import (
     IWAE_IMAGES,
     IWAE_K,
     LATENT_DIMS,
+    PRESETS,
     QUICK_EPOCHS,
     QUICK_IWAE_IMAGES,
     QUICK_IWAE_K,
@@ -122,7 +123,23 @@ D = RunConfig()  # the defaults, shown in --help (the options default to None so
 def train(
     model: Annotated[str | None, typer.Option(help=f"pca | autoencoder | vae  [default: {D.model}]")] = None,
     objective: Annotated[str | None, typer.Option(
-        help="paper | elbo (vae); reconstruction (autoencoder)  [default: paper for vae]")] = None,
+        help="paper | elbo | iwae (vae; iwae: the importance-weighted bound of Burda et al. 2016 with --k samples); "
+             "reconstruction (autoencoder)  [default: paper for vae]")] = None,
+    k: Annotated[int | None, typer.Option(
+        "--k", click_type=WHOLE,
+        help=f"Importance samples per image of --objective iwae (1: the ELBO)  [default: {D.k}]")] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="p(z): standard (N(0, I)) | mog:K (K Gaussians, learned means and scales) | vamp:K (VampPrior, K "
+             f"learned pseudo-inputs); learned ones with --objective elbo or iwae  [default: {D.prior}]")] = None,
+    warmup: Annotated[int | None, typer.Option(
+        click_type=WHOLE, help="Epochs over which the KL weight rises linearly, per step, from 0 to --beta  "
+             f"[default: {D.warmup}, none]")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(
+        help="constant | cosine (decays to 0 over the run's total steps)  "
+             f"[default: {D.lr_schedule}]")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help=f"A named recipe ({' | '.join(PRESETS)}; config.PRESETS, not yet tuned by a study); the options "
+             "given beside it override its values")] = None,
     latent_dim: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Size of the code (the paper uses 1 and 2)  [default: {D.latent_dim}]")] = None,
     hidden: Annotated[str | None, typer.Option(
@@ -174,7 +191,8 @@ def train(
              "batch_size": batch_size, "lr": lr, "beta": beta, "binarize": binarize, "dataset": dataset,
              "seed": seed, "valid_size": valid_size, "precision": precision, "arch": arch, "likelihood": likelihood,
              "channels": channels, "image_size": image_size, "valid_fraction": valid_fraction,
-             "test_fraction": test_fraction, "skip_bad": skip_bad or None}
+             "test_fraction": test_fraction, "skip_bad": skip_bad or None,
+             "k": k, "prior": prior, "warmup": warmup, "lr_schedule": lr_schedule, "preset": preset}
     if resume is not None:
         fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if fixed or out is not None:
@@ -185,9 +203,16 @@ def train(
     else:
         if out is None:
             raise UsageProblem("give --out DIR for a new run (or --resume DIR to continue one)")
-        kind = model or "vae"
-        values = {k: v for k, v in given.items() if v is not None}
-        values.update(model=kind, objective=objective or DEFAULT_OBJECTIVE.get(kind, "paper"))
+        if preset is not None and preset not in PRESETS:
+            raise UsageProblem(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        values = {**(PRESETS[preset] if preset else {}), **{n: v for n, v in given.items() if v is not None}}
+        if preset is not None and objective is not None and objective != "iwae" and k is None:
+            values.pop("k", None)  # the preset's k belongs to its iwae objective, which an explicit one replaces
+        kind = values.setdefault("model", "vae")
+        values.setdefault("objective", DEFAULT_OBJECTIVE.get(kind, "paper"))
+        if k is not None and values["objective"] != "iwae":
+            raise UsageProblem(f"--k is the number of importance samples of --objective iwae; this run trains on "
+                               f"{values['objective']!r}")
         if hidden is not None:
             values["hidden"] = parse_hidden(hidden)
         if image_size is not None:
@@ -195,7 +220,13 @@ def train(
         if epochs is not None:
             values["epochs"] = epochs
         check_options_apply(kind, [k for k, v in {**given, "epochs": epochs}.items() if v is not None])
-        config = RunConfig(**values)
+        try:
+            config = RunConfig(**values)
+        except ConfigError as e:
+            if preset is None:
+                raise
+            sets = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in PRESETS[preset].items())
+            raise UsageProblem(f"{e} (--preset {preset} sets {sets}; override what does not fit)") from None
         result = training.train(config, out, data_dir=data_dir, device=device)
     from .distributed import leave, started_by_torchrun
 
@@ -275,7 +306,7 @@ def sample(
     seed: Annotated[int, typer.Option(click_type=whole(-(2**63), 2**64 - 1), help="Seed for the codes")] = 0,
     device: Device = "auto",
 ) -> None:
-    """Decode codes drawn from the prior N(0, I) and save them as an image grid."""
+    """Decode codes drawn from the run's prior (N(0, I) unless learned) and save them as an image grid."""
     from .checkpoint import load_trained
     from .figures import check_output_file, image_grid
     from .models import sample_images

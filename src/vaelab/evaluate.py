@@ -52,7 +52,7 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
                                       "dimensions": config.n_pixels}
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
-                                           seed=config.eval_seed)
+                                           seed=config.eval_seed, k=config.k)
         bad = [f"{term} {value}" for term, value in result[split].items() if not math.isfinite(value)]
         if bad:  # a non-finite score is an error, never a number in a table
             raise NonFiniteResultError(f"{run_dir}: the {split} {bad[0]} per image is not a finite number; "

@@ -2,6 +2,7 @@
 quadrature over the latent space
 (latent dimension 1 or 2), the importance-weighted bound IWAE_k (Burda et al. 2016), the
 ELBO split into reconstruction and KL, active units (Burda et al. 2016, sec. 5.2) and the posterior gap.
+p(z) is the model's own prior (models.py): N(0, I), or a learned mixture / VampPrior in closed form.
 
 Every value is in nats per image: per-image tensors of shape (N,), means in the JSON summaries.
 Only the VAE defines p(x) = ∫ p(x|z) p(z) dz; PCA and the autoencoder have no likelihood ("n/a").
@@ -23,6 +24,9 @@ from .objectives import (
     affine_log_prob,
     bits_per_dim,
     gaussian_kl,
+    learned_prior,
+    log_prior,
+    log_standard_normal,
     pixel_log_prob,
     posterior,
 )
@@ -55,9 +59,17 @@ def check_applicable(config: RunConfig) -> None:
                           "it defines no p(x) (no prior, no noise; only a vae does); drop it")
 
 
-def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dimension: (..., D) -> (...,)."""
-    return -0.5 * (z.square() + LOG_2PI).sum(-1)
+# The quadrature's square covers every component of the prior to this many of its standard deviations
+# (N(0, I): 6, START_GRID's start)
+PRIOR_SCALES = 6.0
+
+
+def prior_extent(model: VAE, scales: float = PRIOR_SCALES) -> float:
+    """Half-width of the smallest square centred at 0 holding every prior component ± `scales` standard
+    deviations: max over components k and axes d of |μ_kd| + scales·σ_kd (N(0, I): exactly `scales`)."""
+    with torch.no_grad():
+        means, logvars = model.prior.components(model)  # (K, D) each
+        return float((means.abs() + scales * (0.5 * logvars).exp()).max())
 
 
 # --- exact marginal likelihood by quadrature -------------------------------------------------------
@@ -125,7 +137,7 @@ def joint_terms(model: VAE, z: torch.Tensor) -> NodeTerms:
     logits = model.decode(z)
     likelihood = getattr(model, "likelihood", "bernoulli")
     affine = affine_log_prob(likelihood, logits)
-    bias = log_standard_normal(z.double())
+    bias = log_prior(model, z.double())  # the model's p(z), in float64
     if affine is not None:
         bias = bias + affine[1].double().sum(-1)
     return NodeTerms(logits, bias.float(), None if affine is None else affine[0], likelihood,
@@ -303,7 +315,10 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
     """−log p(x) for images x (N, P) by quadrature, refined until it moves < `tol` nats per image.
 
     Changes are means over images of |difference|. First the square: the scan is widened by 2 until
-    the mass outside the square narrower by 1 is below `tol`. Then the step: if the scan moves less
+    the mass outside the square narrower by 1 is below `tol`; its default start covers the prior's
+    components (`prior_extent`, rounded up to a whole number; N(0, I): START_GRID's 6), and `max_limit`
+    is at least that start + 6; a prior 2x or 4x wider than N(0, I) doubles or quadruples the default
+    steps. Then the step: if the scan moves less
     than `tol` when its step doubles, it is the answer; otherwise `refine` at `fine_step`, halved
     until the answer moves less than `tol` against twice its step. Past `max_limit` or
     `min_fine_step` the last answer is returned with converged = False. Defaults: START_GRID.
@@ -313,7 +328,13 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         raise ValueError(f"exact NLL by quadrature needs latent dimension 1 or 2, this model has {d}; "
                          "use the IWAE bound (--nll iwae)")
     start = START_GRID[d]
-    limit, scan_step, fine_step = limit or start[0], scan_step or start[1], fine_step or start[2]
+    extent = prior_extent(model)
+    # A prior wider than N(0, I) (a learned one) stretches the latent space: the steps grow with it, by a
+    # power of two (nested grids) up to 4 (a scan step <= TILE); the step-doubling checks below still decide
+    stretch = 2.0 ** min(2, max(0, math.floor(math.log2(extent / PRIOR_SCALES))))
+    limit = limit or max(start[0], float(math.ceil(extent)))
+    max_limit = max(max_limit, limit + 6)
+    scan_step, fine_step = scan_step or start[1] * stretch, fine_step or start[2] * stretch
     while True:
         s = scan(model, x, dim=d, limit=limit, step=scan_step)
         d_range = (s.log_px - s.log_px_inner).abs()
@@ -331,7 +352,8 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         todo &= (answer - coarse).abs() >= RESOLVED
         used, fine_step = fine_step, fine_step / 2
     d_step = (answer - coarse).abs()
-    info = {"limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile, "margin": MARGIN,
+    info = {"prior_extent": extent, "limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile,
+            "margin": MARGIN,
             "scan_points": Grid(d, limit, scan_step).points,
             "refined_points_per_image": refined["refined_nodes"], "refined_images": refined["refined_images"],
             "tolerance": tol,
@@ -352,8 +374,10 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
 
     iwae = −log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2016), an upper bound on −log p(x)
     that tightens as k grows; reconstruction = −(1/k) Σ_i log p(x|z_i); kl = KL(q ‖ N(0, I)) in closed
-    form; neg_elbo = reconstruction + kl. The draws come from a generator seeded with `seed`, in a
-    fixed order, so the result is a deterministic function of weights, data, k and seed.
+    form, or for a learned prior (no closed form) its estimate (1/k) Σ_i log q(z_i|x) − log p(z_i) from
+    the same draws; neg_elbo = reconstruction + kl. p(z) is the model's prior. The draws come from a
+    generator seeded with `seed`, in a fixed order, so the result is a deterministic function of weights,
+    data, k and seed.
     `advance(n)` is called after each chunk of n images (progress).
     """
     if k < 1:
@@ -366,12 +390,14 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
            for name in ("iwae", "reconstruction", "kl", "neg_elbo")}
     per_chunk = max(1, sample_batch // k)  # images per chunk, all k samples of an image together
     chunk_k = min(k, sample_batch)  # samples per decoder call
+    learned = learned_prior(model)
     for lo in range(0, len(x), per_chunk):
         xb = x[lo:lo + per_chunk]  # (n, P)
         m, logvar = posterior(model, objective, xb)  # (n, D)
         std = (0.5 * logvar).exp()
         log_w = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=device)
         log_lik_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
+        kl_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
         for s in range(0, k, chunk_k):
             e = torch.randn(min(chunk_k, k - s), *m.shape, generator=generator, device=device)  # (s, n, D)
             z = m + std * e
@@ -382,12 +408,15 @@ def importance_sampled(model: VAE, objective: str, x: torch.Tensor, *, k: int, s
             else:
                 log_lik = pixel_log_prob(likelihood, logits, xb, raw_scale=model.decoder.raw_scale)  # (s, n)
             log_q = log_standard_normal(e) - 0.5 * logvar.sum(-1)  # density of z = m + std·e
-            terms = (log_lik + log_standard_normal(z) - log_q).double()
+            log_p = log_prior(model, z)  # (s, n)
+            terms = (log_lik + log_p - log_q).double()
             log_w = torch.logaddexp(log_w, torch.logsumexp(terms, 0))
             log_lik_sum += log_lik.double().sum(0)
+            if learned:
+                kl_sum += (log_q - log_p).double().sum(0)
         out["iwae"][lo:lo + len(xb)] = math.log(k) - log_w
         out["reconstruction"][lo:lo + len(xb)] = -log_lik_sum / k
-        out["kl"][lo:lo + len(xb)] = gaussian_kl(m, logvar).double()
+        out["kl"][lo:lo + len(xb)] = kl_sum / k if learned else gaussian_kl(m, logvar).double()
         if advance is not None:
             advance(len(xb))
     out["neg_elbo"] = out["reconstruction"] + out["kl"]
@@ -411,7 +440,7 @@ def active_units(model: VAE, x: torch.Tensor, *, threshold: float = ACTIVE_THRES
 
 def q_description(objective: str) -> str:
     return {"paper": "N(m, exp(σ)²): the paper's eq. (2) noise, exp(σ) as standard deviation",
-            "elbo": "N(m, exp(logvar))"}[objective]
+            "elbo": "N(m, exp(logvar))", "iwae": "N(m, exp(logvar))"}[objective]
 
 
 ESTIMATORS = ("exact", "iwae")
@@ -456,7 +485,8 @@ def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | 
                   "(use --likelihood continuous-bernoulli)")
     dims = config.n_pixels
     result: dict = {"applicable": True, "pixels": pixels, "pixel_likelihood": config.likelihood,
-                    "dimensions": dims, "q": q_description(config.objective), "test_images": len(x)}
+                    "dimensions": dims, "q": q_description(config.objective),
+                    "prior": config.prior, "test_images": len(x)}
     if "iwae" in estimators:
         n_el, draws = len(x) if iwae_images is None else min(iwae_images, len(x)), k
         name = f"IWAE_{k}"
@@ -491,7 +521,9 @@ def summary_lines(result: dict) -> list[str]:
     if not result["applicable"]:
         return [f"likelihood: {result['why']}"]
     el = result["elbo"]
-    lines = [f"pixels: {result['pixels']}", f"q(z|x) = {result['q']}"]
+    prior = result.get("prior", "standard")
+    p_z = "N(0, I)" if prior == "standard" else f"{prior} (learned)"
+    lines = [f"pixels: {result['pixels']}", f"q(z|x) = {result['q']}; p(z) = {p_z}"]
 
     def per_dim(r: dict) -> str:
         return f" = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""

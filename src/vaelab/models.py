@@ -3,7 +3,8 @@
 PCA: encoder W, decoder Wᵀ (closed form). Autoencoder: the same idea with neural networks. VAE: the
 encoder outputs (m, σ) and the decoder turns a code into the parameters of p(x|z) (eq. 2 of the paper;
 Bernoulli logits by default). The networks are MLPs (the paper's) or, with `arch="conv"`, strided
-convolutions down and transposed convolutions up for images of any C x H x W.
+convolutions down and transposed convolutions up for images of any C x H x W. The VAE owns its prior
+p(z): N(0, I) (the paper's), a learned mixture of Gaussians, or the VampPrior (Tomczak & Welling 2018).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, parse_prior
 from .linear import Linear
-from .objectives import pixel_mean
+from .objectives import log_normal, log_standard_normal, pixel_mean
 
 # Channels of the conv architecture's two stride-2 layers (each halves H and W, so images are padded
 # to a multiple of 4). The dense layer after them has the width hidden[-1].
@@ -144,15 +145,91 @@ class Autoencoder(nn.Module):
         return pixel_mean(self.likelihood, self.decode(self.encode(x)))
 
 
+# --- the prior p(z) -----------------------------------------------------------------------------------
+# Each prior is an equal-weight mixture of K diagonal Gaussians, `components(model)` -> (means, logvars),
+# each (K, D): the standard prior is the one component N(0, I). Its parameters are the VAE's (state_dict,
+# checkpoints, the optimizer), registered after the encoder and decoder so that a model's other weights
+# are drawn from the seed as they are with N(0, I).
+
+class StandardPrior(nn.Module):
+    """p(z) = N(0, I): the paper's prior, no parameters."""
+
+    kind = "standard"
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def components(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = torch.zeros(1, self.latent_dim, device=model_device(model))
+        return zeros, zeros
+
+
+class MixturePrior(nn.Module):
+    """p(z) = 1/K Σ_k N(z; μ_k, diag(exp(2·log_scale_k))): K Gaussians with learned means and log scales.
+
+    Means start at N(0, I) draws, scales at 1."""
+
+    kind = "mog"
+
+    def __init__(self, latent_dim: int, k: int):
+        super().__init__()
+        self.means = nn.Parameter(torch.randn(k, latent_dim))  # (K, D)
+        self.log_scales = nn.Parameter(torch.zeros(k, latent_dim))  # (K, D) log standard deviations
+
+    def components(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.means, 2 * self.log_scales
+
+
+class VampPrior(nn.Module):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K Σ_k q(z|u_k), the model's own posterior at K
+    learned pseudo-inputs u_k = sigmoid(raw_k) in [0, 1]^P (raw starts near 0: grey images).
+
+    q is read as N(m, exp(σ)) with σ the log variance, the meaning under `elbo` and `iwae` (the only
+    objectives a learned prior trains with)."""
+
+    kind = "vamp"
+
+    def __init__(self, n_pixels: int, k: int):
+        super().__init__()
+        self.raw_inputs = nn.Parameter(0.01 * torch.randn(k, n_pixels))  # (K, P), before the sigmoid
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-images (K, P) in [0, 1]."""
+        return torch.sigmoid(self.raw_inputs)
+
+    def components(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.encode(self.pseudo_inputs())  # (K, D) each: m and the log variance
+
+
+def build_prior(spec: str, *, latent_dim: int, n_pixels: int) -> nn.Module:
+    """The prior named by `spec` ("standard", "mog:K", "vamp:K"; config.parse_prior)."""
+    kind, k = parse_prior(spec)
+    if kind == "mog":
+        return MixturePrior(latent_dim, k)
+    if kind == "vamp":
+        return VampPrior(n_pixels, k)
+    return StandardPrior(latent_dim)
+
+
+def log_mixture(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """log (1/K) Σ_k N(z; means_k, diag(exp(logvars_k))), (..., D) with (K, D) each -> (...,) nats,
+    computed in z's dtype."""
+    means, logvars = means.to(z.dtype), logvars.to(z.dtype)
+    per_component = log_normal(z[..., None, :], means, logvars)  # (..., K)
+    return torch.logsumexp(per_component, -1) - math.log(len(means))
+
+
 class VAE(nn.Module):
-    """Encoder x -> (m, σ), decoder c -> logits of p(x|z).
+    """Encoder x -> (m, σ), decoder c -> logits of p(x|z), and the prior p(z) (`prior`).
 
     The second encoder output is σ in the paper's notation; the objective decides what it means
-    (log standard deviation for `paper`, log variance for `elbo`).
+    (log standard deviation for `paper`, log variance for `elbo` and `iwae`).
     """
 
     def __init__(self, *, n_pixels: int, latent_dim: int, hidden: tuple[int, ...], arch: str = "mlp",
-                 image_shape: tuple[int, int, int] | None = None, likelihood: str = "bernoulli"):
+                 image_shape: tuple[int, int, int] | None = None, likelihood: str = "bernoulli",
+                 prior: str = "standard"):
         super().__init__()
         self.likelihood = likelihood  # p(x|z) per pixel (objectives.pixel_log_prob)
         # Built in this order (trunk, stats layer, decoder): the weights are drawn in it from the seed.
@@ -160,6 +237,24 @@ class VAE(nn.Module):
         self.to_stats = Linear(width, 2 * latent_dim)
         self.decoder = _decoder(n_pixels=n_pixels, latent_dim=latent_dim, hidden=hidden, arch=arch,
                                 image_shape=image_shape, likelihood=likelihood)
+        self.prior = build_prior(prior, latent_dim=latent_dim, n_pixels=n_pixels)  # after: seeded weights as before
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) in closed form, (..., D) -> (...,) nats, in z's dtype (float64 for the quadrature)."""
+        if self.prior.kind == "standard":
+            return log_standard_normal(z)
+        return log_mixture(z, *self.prior.components(self))
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n codes (n, D) drawn from p(z) with `generator` (N(0, I): the same draws as always)."""
+        device = model_device(self)
+        d = self.decoder.latent_dim
+        if self.prior.kind == "standard":
+            return torch.randn(n, d, generator=generator, device=device)
+        means, logvars = self.prior.components(self)  # (K, D) each
+        which = torch.randint(len(means), (n,), generator=generator, device=device)  # equal weights
+        e = torch.randn(n, d, generator=generator, device=device)
+        return means[which] + (0.5 * logvars[which]).exp() * e
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, sigma = self.to_stats(self.to_hidden(x)).chunk(2, dim=-1)  # (N, D) each
@@ -225,7 +320,8 @@ def build_model(config: RunConfig) -> nn.Module:
         return PCA(n_pixels=config.n_pixels, latent_dim=config.latent_dim)
     return MODEL_CLASSES[config.model](n_pixels=config.n_pixels, latent_dim=config.latent_dim, hidden=config.hidden,
                                        arch=config.arch, image_shape=config.image_shape,
-                                       likelihood=config.likelihood)
+                                       likelihood=config.likelihood,
+                                       **({"prior": config.prior} if config.model == "vae" else {}))
 
 
 def init_model(config: RunConfig, device: str | torch.device = "cpu") -> nn.Module:
@@ -262,11 +358,14 @@ def encode_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_images(model: nn.Module, n: int, *, seed: int = 0) -> torch.Tensor:
-    """n images (n, P) in [0, 1]: decodes of codes drawn from N(0, I) (for PCA: N(0, diag(variances))).
+    """n images (n, P) in [0, 1]: decodes of codes drawn from the VAE's prior p(z) (N(0, I) unless learned;
+    the autoencoder: N(0, I); PCA: N(0, diag(variances))).
 
     The codes come from a generator seeded with `seed` on the model's device."""
     device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed)
+    if isinstance(model, VAE):
+        return decode_to_pixels(model, model.sample_prior(n, generator))
     latent_dim = model.components.shape[0] if isinstance(model, PCA) else model.decoder.latent_dim
     z = torch.randn(n, latent_dim, generator=generator, device=device)
     if isinstance(model, PCA):

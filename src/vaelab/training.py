@@ -3,6 +3,8 @@ best and last checkpoints, exact resume.
 
 All randomness of a run (shuffling, dynamic binarization, the VAE noise) comes from one
 torch.Generator whose state is saved in every checkpoint, so 2 + 2 epochs equal 4 epochs bit for bit.
+The KL warm-up and the learning-rate schedule are functions of the optimizer step (`kl_weight`,
+`learning_rate`), so they resume exactly too.
 
 Faults: a killed run resumes from its last checkpoint (files are written atomically); Ctrl-C saves a
 mid-epoch checkpoint (with the epoch's permutation and partial sums) and stops; a second process
@@ -43,7 +45,7 @@ from .device import native_bfloat16, resolve_device
 from .distributed import World, join
 from .linear import preferred_kernel, set_kernel
 from .models import PCA, init_model
-from .objectives import LOG_VARIANCE, OBJECTIVES, bits_per_dim, evaluate_objective
+from .objectives import bits_per_dim, evaluate_objective, noise_shape, objective_function
 from .runfiles import (
     MODEL_FILE,
     CheckpointError,
@@ -121,6 +123,26 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """The regulariser's weight at optimizer step `step` (0-based, counted over the whole run): rises
+    linearly per step from β/W at the first step to β at step W − 1, W = warmup epochs × steps per epoch
+    (Bowman et al. 2016; Sønderby et al. 2016), then stays β. β from the first step without warm-up."""
+    warmup_steps = config.warmup * steps_per_epoch
+    if warmup_steps == 0:
+        return config.beta
+    return config.beta * min(1.0, (step + 1) / warmup_steps)
+
+
+def learning_rate(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """Adam's learning rate at optimizer step `step` (0-based): `constant` lr, or `cosine` lr·½(1 + cos(π·t/T))
+    with T = epochs × steps per epoch (the run's configured total; resuming to a larger --epochs stretches
+    the rest of the curve)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    total = max(1, config.epochs * steps_per_epoch)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def _log(message: str) -> None:
@@ -253,12 +275,12 @@ def _quiet(message: str) -> None:
 class _Step(nn.Module):
     """The objective's per-example terms as a module, so that DistributedDataParallel sees a forward()."""
 
-    def __init__(self, model: nn.Module, objective: Callable, beta: float):
+    def __init__(self, model: nn.Module, objective: Callable):
         super().__init__()
-        self.model, self.objective, self.beta = model, objective, beta
+        self.model, self.objective = model, objective
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return self.objective(self.model, x, beta=self.beta, noise=noise)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None, beta: float) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, x, beta=beta, noise=noise)
 
 
 def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, world: World, resume: bool,
@@ -285,7 +307,7 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
             write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     # The run keeps the kernel it started with: a resumed run sums in the same order, to the last bit.
     set_kernel(model, state["linear_kernel"])
-    step = _Step(model, OBJECTIVES[config.objective], config.beta)
+    step = _Step(model, objective_function(config.objective, k=config.k))
     if world.distributed:
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     n = len(data.train)
@@ -317,7 +339,6 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
             log: Callable[[str], None]) -> TrainResult:
     """The epoch loop of `_fit`, from `state` (possibly a mid-epoch checkpoint) to `config.epochs`."""
     n, device = len(data.train), data.train.device
-    noisy = config.objective in LOG_VARIANCE  # a VAE: one standard normal draw per image and code unit
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -335,10 +356,14 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
             # Every rank draws the whole global batch's binarization and noise (the generator stays in
             # step with one process's), then takes its own part of the batch.
             x = data.train_batch(idx, generator)  # (B, P)
-            noise = (torch.randn(len(idx), config.latent_dim, generator=generator, device=device)
-                     if noisy else None)  # (B, D)
+            shape = noise_shape(config.objective, len(idx), config.latent_dim, k=config.k)  # the objective's
+            noise = None if shape is None else torch.randn(shape, generator=generator, device=device)  # (B, [K,] D)
+            if config.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, state["step"], n_batches)
+            beta = kl_weight(config, state["step"], n_batches)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
-                terms = step(world.shard(x), None if noise is None else world.shard(noise))
+                terms = step(world.shard(x), None if noise is None else world.shard(noise), beta)
             # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
             loss = terms["loss"].sum() / (len(idx) / world.size)
             if not world.all_true(bool(torch.isfinite(loss)), device):
@@ -363,7 +388,9 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
                                           f"{path}. Resume with: vaelab train --resume {run_dir}")
         bar.close()
         train_means = (world.sum(sums) / n).tolist()
-        valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed)
+        # validated at the full β whatever the warm-up, so that epochs compare on one objective
+        valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed,
+                                   k=config.k)
         if not math.isfinite(valid["loss"]):
             raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch}; "
                                      f"{_what_is_left(run_dir, state)}")

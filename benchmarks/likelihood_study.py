@@ -1,0 +1,168 @@
+"""Issue 12's study: the z2-best recipe and its ablations, for latent dimension 1 and 2, over seeds.
+
+Every variant is the recipe (config.PRESETS["z2-best"], at each latent dimension) with one lever removed
+(iwae -> elbo, the learned prior -> N(0, I), no warm-up, constant lr, the paper's 20 epochs), plus the
+baseline with all of them removed. Each run keeps its best-validation epoch (the trainer's
+model.safetensors); the variant chosen per latent dimension is the one with the lowest mean exact NLL on
+the validation set. Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k =
+5000) and test -ELBO, nats per image, mean ± sd over seeds, and the training wall time; the CPU it ran on.
+
+Run on demand (hours on 2 idle cores; not in CI). Finished runs in OUT/runs are reused, killed ones resume:
+    VAELAB_DATA=../shared/data .venv/bin/python benchmarks/likelihood_study.py --out study
+    ... --quick    # the same pipeline in minutes: 1 seed, 2 epochs, 10000 training images, small k
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from train_speed import cpu_model
+from vaelab.checkpoint import load_trained
+from vaelab.config import DEFAULT_EPOCHS, PRESETS, QUICK_TRAIN_IMAGES, RunConfig, parse_hidden
+from vaelab.data import load_data
+from vaelab.evaluate import evaluate_run
+from vaelab.likelihood import exact_nll
+from vaelab.runfiles import CONFIG_FILE
+from vaelab.training import resume, train
+
+RECIPE = "z2-best"
+# lever -> the values that remove it from the recipe
+LEVERS = {
+    "iwae": {"objective": "elbo", "k": 1},
+    "prior": {"prior": "standard"},
+    "warmup": {"warmup": 0},
+    "cosine": {"lr_schedule": "constant"},
+    "epochs": {"epochs": DEFAULT_EPOCHS},
+}
+QUICK = {"epochs": 2, "seeds": 1, "iwae_k": 50, "iwae_images": 200, "nll_images": 500}
+
+
+def variants(epochs: int) -> dict[str, dict]:
+    """Variant name -> options on top of the recipe: the recipe, each lever removed, the baseline."""
+    out = {"recipe": {}}
+    for lever, removed in LEVERS.items():
+        if lever == "epochs" and epochs <= DEFAULT_EPOCHS:
+            continue  # the budget is already the paper's (or less): nothing to remove
+        out[f"- {lever}"] = removed
+    out["baseline"] = {k: v for lever, removed in LEVERS.items() if lever != "epochs" for k, v in removed.items()}
+    return out
+
+
+def configs(*, latent_dim: int, seed: int, epochs: int, hidden: tuple[int, ...] | None, valid_size: int) -> dict:
+    base = {**PRESETS[RECIPE], "latent_dim": latent_dim, "seed": seed, "epochs": epochs, "valid_size": valid_size}
+    if hidden is not None:
+        base["hidden"] = hidden
+    out = {}
+    for name, removed in variants(epochs).items():
+        values = {**base, **removed}
+        if "epochs" in removed:
+            values["epochs"] = min(epochs, removed["epochs"])
+        out[name] = RunConfig(**values, preset=RECIPE if not removed else None)
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per run [default: the recipe's "
+                        f"{PRESETS[RECIPE]['epochs']}; quick: {QUICK['epochs']}]")
+    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 [default: 3; quick: {QUICK['seeds']}]")
+    parser.add_argument("--latent-dims", default="1,2")
+    parser.add_argument("--quick", action="store_true", help="the pipeline in minutes: 1 seed, 2 epochs, the first "
+                        f"{QUICK_TRAIN_IMAGES} training images, IWAE_{QUICK['iwae_k']} on {QUICK['iwae_images']} "
+                        f"and exact NLL on {QUICK['nll_images']} images")
+    parser.add_argument("--iwae-k", type=int, default=None, help="IWAE samples per test image [default: 5000]")
+    parser.add_argument("--iwae-images", type=int, default=None, help="IWAE on the first N test images [default: all]")
+    parser.add_argument("--nll-images", type=int, default=None, help="exact NLL on the first N validation and test "
+                        "images [default: all]")
+    parser.add_argument("--hidden", default=None, help="encoder widths, e.g. 512,256 [default: the recipe's]")
+    parser.add_argument("--out", default="study", help="runs go to OUT/runs; results.{json,md} to OUT")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size)
+    args = parser.parse_args()
+    quick = args.quick
+    epochs = args.epochs if args.epochs is not None else QUICK["epochs"] if quick else PRESETS[RECIPE]["epochs"]
+    seeds = args.seeds if args.seeds is not None else QUICK["seeds"] if quick else 3
+    iwae_k = args.iwae_k or (QUICK["iwae_k"] if quick else 5000)
+    iwae_images = args.iwae_images or (QUICK["iwae_images"] if quick else None)
+    nll_images = args.nll_images or (QUICK["nll_images"] if quick else None)
+    hidden = parse_hidden(args.hidden) if args.hidden else None
+    latent_dims = [int(d) for d in args.latent_dims.split(",")]
+    out = Path(args.out)
+    started = time.perf_counter()
+
+    data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
+    if quick:
+        data = dataclasses.replace(data, train=data.train[:QUICK_TRAIN_IMAGES])
+    print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"recipe {RECIPE} = {PRESETS[RECIPE]} (not yet tuned: this study is what tunes it); {epochs} epochs, "
+          f"{seeds} seeds, latent {latent_dims}; {len(data.train)} training images; test IWAE_{iwae_k}")
+    rows = []
+    for d in latent_dims:
+        per_variant: dict[str, list[dict]] = {}
+        for seed in range(seeds):
+            for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, hidden=hidden,
+                                        valid_size=args.valid_size).items():
+                run_dir = out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"
+                began = time.perf_counter()
+                if (run_dir / CONFIG_FILE).exists():
+                    resume(run_dir, data=data, progress=False, log=lambda _: None)
+                else:
+                    train(config, run_dir, data=data, progress=False, log=lambda _: None)
+                seconds = time.perf_counter() - began
+                model, _, _ = load_trained(run_dir, "cpu")
+                valid_nll = float(exact_nll(model, data.valid[:nll_images]).nll.mean())
+                scores = evaluate_run(run_dir, data=data, device="cpu", nll="exact,iwae", k=iwae_k,
+                                      nll_images=nll_images, iwae_images=iwae_images, log=lambda _: None,
+                                      bar=False)["likelihood"]
+                record = {"latent_dim": d, "variant": name, "seed": seed, "valid_exact_nll": valid_nll,
+                          "test_exact_nll": scores["exact"]["nll"], "test_iwae": scores["iwae"]["nll"],
+                          "iwae_k": iwae_k, "test_neg_elbo": scores["elbo"]["neg_elbo"],
+                          "train_seconds": round(seconds, 1), "config": config.to_dict()}
+                per_variant.setdefault(name, []).append(record)
+                rows.append(record)
+                print(f"  z={d} {name:10} seed {seed}: valid NLL {valid_nll:.2f}, test NLL "
+                      f"{record['test_exact_nll']:.2f}, IWAE {record['test_iwae']:.2f}, -ELBO "
+                      f"{record['test_neg_elbo']:.2f} ({seconds:.0f} s)", flush=True)
+        chosen = min(per_variant, key=lambda v: statistics.mean(r["valid_exact_nll"] for r in per_variant[v]))
+        for name, records in per_variant.items():
+            for r in records:
+                r["chosen_on_validation"] = name == chosen
+
+    table = ["| latent | variant | valid exact NLL | test exact NLL | test IWAE_k | test -ELBO | train s/run |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for d in latent_dims:
+        for name in variants(epochs):
+            records = [r for r in rows if r["latent_dim"] == d and r["variant"] == name]
+            mark = " (chosen on validation)" if records[0]["chosen_on_validation"] else ""
+            cells = [mean_sd([r[key] for r in records]) for key in
+                     ("valid_exact_nll", "test_exact_nll", "test_iwae", "test_neg_elbo")]
+            table.append(f"| {d} | {name}{mark} | {' | '.join(cells)} | "
+                         f"{statistics.mean(r['train_seconds'] for r in records):.0f} |")
+    total = time.perf_counter() - started
+    footer = (f"nats per image, mean ± sd over {seeds} seed(s); IWAE_k with k = {iwae_k}; "
+              f"{cpu_model()}, {os.cpu_count()} cores; total wall time {total:.0f} s")
+    print("\n".join(["", *table, "", footer]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join([*table, "", footer, ""]))
+    (out / "results.json").write_text(json.dumps({"cpu": cpu_model(), "cores": os.cpu_count(),
+                                                  "torch": torch.__version__, "wall_seconds": round(total, 1),
+                                                  "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
