@@ -163,6 +163,7 @@ def test_pointer_pin_keys_and_interpolation(runs, browser, tmp_path):
     assert moved[0] > hover[0] and moved[1] < hover[1]  # right and down on the plane: +z1, -z2
 
     page.mouse.click(x + 70, y + 50)
+    opened.settle()  # the readout is redrawn on the next animation frame
     state = page.evaluate("vaelabState()")
     assert state["pinned"] and state["code"] == pytest.approx(moved)
     assert "pinned  z = (" in page.inner_text("#readout")
@@ -183,6 +184,7 @@ def test_pointer_pin_keys_and_interpolation(runs, browser, tmp_path):
     page.mouse.click(*a)
     page.mouse.click(*b)
     page.keyboard.up("Shift")
+    opened.settle()
     picks = page.evaluate("vaelabState().picks")
     assert len(picks) == 2  # the nearest test points (others may lie under the cursor too)
     for r in range(2):
@@ -202,6 +204,7 @@ def test_pointer_pin_keys_and_interpolation(runs, browser, tmp_path):
     page.check("#pick-mode")  # the other way to pick: plain clicks while the box is ticked
     for i in (3, 7):
         page.mouse.click(*page.evaluate(f"vaelabPagePoint(1, {i})"))
+    opened.settle()
     assert len(page.evaluate("vaelabState().picks")) == 2 and page.locator("#row-1").is_visible()
     assert opened.errors == []
     opened.close()
@@ -327,10 +330,16 @@ def test_explore_serve_command_until_ctrl_c(runs, monkeypatch, capsys):
             fetched.append(response.read().decode())
         os.kill(os.getpid(), signal.SIGINT)
 
-    thread = threading.Thread(target=client)
+    # A job started in the background by a non-interactive shell (as CI may start this suite) inherits
+    # SIGINT ignored; Ctrl-C must reach the command here, so the default handler is put back for the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    thread = threading.Thread(target=client, daemon=True)
     thread.start()
-    code, stdout, err = run_cli(["explore", runs["vae-z2"], "--serve", "--data-dir", runs["data"], "--device", "cpu"],
-                                capsys)
+    try:
+        code, stdout, err = run_cli(["explore", runs["vae-z2"], "--serve", "--data-dir", runs["data"], "--device",
+                                     "cpu"], capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     thread.join(30)
     assert code == 0, err
     port = servers[0].server_address[1]
