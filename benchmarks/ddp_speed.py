@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_speed import cpu_model
 from vaelab.checkpoint import checkpoint_paths, load_tensors
+from vaelab.device import cpu_model
 from vaelab.runfiles import read_metrics
 
 

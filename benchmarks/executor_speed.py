@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_speed import cpu_model
+from vaelab.device import cpu_model
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from train_speed import cpu_model
 from vaelab.checkpoint import load_trained
 from vaelab.config import DEFAULT_EPOCHS, PRESETS, QUICK_TRAIN_IMAGES, RunConfig, parse_hidden
 from vaelab.data import load_data
+from vaelab.device import cpu_model
 from vaelab.evaluate import evaluate_run
 from vaelab.likelihood import exact_nll
 from vaelab.runfiles import CONFIG_FILE

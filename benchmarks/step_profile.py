@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from train_speed import cpu_model
 from vaelab.config import RunConfig
 from vaelab.data import load_data
+from vaelab.device import cpu_model
 from vaelab.linear import preferred_kernel
 from vaelab.training import train
 

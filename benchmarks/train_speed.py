@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vaelab.config import RunConfig
 from vaelab.data import load_data
-from vaelab.device import native_bfloat16
+from vaelab.device import cpu_model, native_bfloat16
 from vaelab.linear import onednn_available, onednn_linear, preferred_kernel, probe
 from vaelab.models import init_model
 from vaelab.training import train
@@ -134,17 +133,6 @@ def matmul_gflops(matmul, n: int = 2048, repeats: int = 10) -> float:
     for _ in range(repeats):
         matmul(a, b)
     return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -220,3 +220,17 @@ def test_iwae_with_a_vamp_prior_learns(fake_mnist, tmp_path):
 
     model, config, _ = load_trained(tmp_path / "run", "cpu")
     assert config.prior == "vamp:8" and model.prior.raw_inputs.abs().max() > 0.05
+
+
+def test_the_probed_kernel_is_kept_per_machine(tmp_path, monkeypatch):
+    """A loaded machine may time the kernels differently from one process to the next: the first probe's
+    choice is kept in the cache, so later processes start their runs on the same kernel."""
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VAELAB_LINEAR", raising=False)
+    monkeypatch.setattr(training, "preferred_kernel", lambda: "onednn")
+    assert training.machine_kernel() == "onednn"
+    monkeypatch.setattr(training, "preferred_kernel", lambda: "torch")  # a later, noisier probe
+    assert training.machine_kernel() == "onednn"
+    assert "onednn" in (tmp_path / "cache" / training.KERNEL_CACHE).read_text()
+    monkeypatch.setenv("VAELAB_LINEAR", "torch")
+    assert training.machine_kernel() == "torch"  # the override still wins

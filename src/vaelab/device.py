@@ -3,6 +3,7 @@ bfloat16 natively."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -37,6 +38,17 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}") from None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> set[str]:

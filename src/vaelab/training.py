@@ -16,7 +16,9 @@ update reaches the weights or a checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -40,10 +42,10 @@ from .checkpoint import (
     save_training_state,
 )
 from .config import ConfigError, RunConfig, check_data_size, check_options_apply
-from .data import PixelData, load_data, with_source
-from .device import native_bfloat16, resolve_device
+from .data import PixelData, cache_dir, load_data, with_source
+from .device import cpu_model, native_bfloat16, resolve_device
 from .distributed import World, join
-from .linear import preferred_kernel, set_kernel
+from .linear import KERNEL_ENV, KERNELS, preferred_kernel, set_kernel
 from .models import PCA, init_model
 from .objectives import bits_per_dim, evaluate_objective, noise_shape, objective_function
 from .runfiles import (
@@ -57,6 +59,7 @@ from .runfiles import (
     remove_stale_temp_files,
     run_lock,
     save_config,
+    write_json,
     write_metrics,
 )
 
@@ -255,6 +258,32 @@ def _result_so_far(run_dir: Path, config: RunConfig, done: int) -> TrainResult:
                        history, config.epochs)
 
 
+KERNEL_CACHE = "linear-kernel.json"  # in the cache directory: this machine's probed kernel per CPU and torch
+
+
+def machine_kernel() -> str:
+    """The linear kernel a new run starts with: $VAELAB_LINEAR if set, else the probe's choice, kept in
+    the cache directory per CPU model and torch version, so that every later process on this machine
+    (idle or loaded) starts its runs on the same kernel and the same command gives the same numbers."""
+    if os.environ.get(KERNEL_ENV, "").strip():
+        return preferred_kernel()
+    path = cache_dir() / KERNEL_CACHE
+    key = f"{cpu_model()} | torch {torch.__version__}"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if isinstance(saved, dict) and saved.get(key) in KERNELS:
+        return saved[key]
+    kernel = preferred_kernel()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**(saved if isinstance(saved, dict) else {}), key: kernel})
+    except OSError:  # an unwritable cache only costs the next process a probe
+        pass
+    return kernel
+
+
 def _check_precision(config: RunConfig, device: torch.device) -> None:
     if config.precision == "bfloat16" and not native_bfloat16(device):
         raise ConfigError(f"--precision bfloat16 needs native bfloat16 (a CPU with AVX-512 BF16 or AMX, or a GPU); "
@@ -294,7 +323,7 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     optimizer = make_optimizer(model, config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_epoch": None, "best_valid_loss": math.inf,
-             "linear_kernel": preferred_kernel()}
+             "linear_kernel": machine_kernel()}
     if resume:
         if _before_first_checkpoint(run_dir):  # starting over is exact: everything is seeded
             log(f"{run_dir}: stopped before its first checkpoint; starting from epoch 1")
