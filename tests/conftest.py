@@ -92,3 +92,16 @@ def mnist_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return Path(root)
+
+
+def run_in_process(argv, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `vaelab argv`, run in this process."""
+    from vaelab.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -5,18 +5,7 @@ import json
 import pytest
 
 from conftest import FAKE_VALID
-from vaelab.cli import main
-
-
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of `vaelab argv`."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_in_process as run
 
 
 def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys):

@@ -12,19 +12,8 @@ import torch
 from PIL import Image
 
 import vaelab
+from conftest import run_in_process as run
 from vaelab import data as vdata
-from vaelab.cli import main
-
-
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of `vaelab argv`."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,15 @@ def tiny(**overrides) -> RunConfig:
     return RunConfig(**values)
 
 
+def assert_same_run(straight, split) -> dict:
+    """A straight run and a stopped-and-resumed one hold the same bytes; returns the newest checkpoint."""
+    for name in ("metrics.jsonl", "model.safetensors"):
+        assert (straight / name).read_bytes() == (split / name).read_bytes(), name
+    a, b = (load_file(checkpoint_paths(run)[0]) for run in (straight, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a
+
+
 def quiet(_message: str) -> None:
     pass
 
@@ -66,11 +75,7 @@ def test_two_plus_two_epochs_equal_four_bit_for_bit(fake_mnist, tmp_path):
     train(RunConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "split", data_dir=fake_mnist,
           progress=False, log=quiet)
     resume(tmp_path / "split", epochs=4, data_dir=fake_mnist, progress=False, log=quiet)
-    for name in ("metrics.jsonl", "model.safetensors"):
-        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
-    a = load_file(checkpoint_paths(tmp_path / "straight")[0])
-    b = load_file(checkpoint_paths(tmp_path / "split")[0])
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
     # Resuming a finished run is a no-op success.
     again = resume(tmp_path / "split", data_dir=fake_mnist, progress=False, log=quiet)
     assert again.epochs_done == 4
@@ -202,11 +207,7 @@ def test_resume_is_bit_exact_with_the_likelihood_options(fake_mnist, tmp_path, o
         train(dataclasses.replace(config, epochs=2), tmp_path / "split", data_dir=fake_mnist, progress=False,
               log=quiet)
         resume(tmp_path / "split", epochs=4, data_dir=fake_mnist, progress=False, log=quiet)
-    for name in ("metrics.jsonl", "model.safetensors"):
-        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
-    a = load_file(checkpoint_paths(tmp_path / "straight")[0])
-    b = load_file(checkpoint_paths(tmp_path / "split")[0])
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = assert_same_run(tmp_path / "straight", tmp_path / "split")
     assert any(k.startswith("model.prior.") for k in a)  # the learned prior is in the checkpoint
 
 
