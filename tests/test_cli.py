@@ -19,6 +19,8 @@ def test_train_evaluate_sample_resume(fake_mnist, tmp_path, capsys):
     assert code == 0, err
     saved = json.loads((run_dir / "evaluation.json").read_text())
     assert f"{saved['test']['loss']:10.3f}" in out
+    code, out, err = run(["evaluate", run_dir, "--data-dir", fake_mnist, "--precision", "float16"], capsys)
+    assert code == 2 and "unknown precision 'float16'; choose one of: float32, bfloat16" in err
     code, out, err = run(["sample", run_dir, "-n", 16, "-o", tmp_path / "s.png"], capsys)
     assert code == 0, err
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,3 +44,29 @@ def test_later_evaluations_merge_into_the_file(run, fake_mnist):
 def test_unknown_estimators_are_refused_before_any_work(run, fake_mnist):
     with pytest.raises(ValueError, match="--nll takes"):
         evaluate_run(run, data_dir=fake_mnist, device="cpu", nll="bogus")
+
+
+def test_bfloat16_evaluation_is_autocast_where_native_and_refused_elsewhere(run, fake_mnist, monkeypatch):
+    import torch
+
+    from vaelab import training
+    from vaelab.config import ConfigError
+
+    plain = evaluate_run(run, data_dir=fake_mnist, device="cpu", nll="exact", log=lambda _: None)
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: False)
+    with pytest.raises(ConfigError, match="needs native bfloat16"):
+        evaluate_run(run, data_dir=fake_mnist, device="cpu", precision="bfloat16")
+    with pytest.raises(ConfigError, match="unknown precision"):
+        evaluate_run(run, data_dir=fake_mnist, device="cpu", precision="float16")
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: True)
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: seen.append(linear(*a).dtype) or linear(*a))
+    half = evaluate_run(run, data_dir=fake_mnist, device="cpu", nll="exact", log=lambda _: None,
+                        precision="bfloat16")
+    assert torch.bfloat16 in seen and half["precision"] == "bfloat16" and plain["precision"] == "float32"
+    for split in ("valid", "test"):  # close, not equal: bfloat16 keeps 8 bits of mantissa
+        assert half[split]["loss"] == pytest.approx(plain[split]["loss"], rel=0.02)
+        assert half[split]["loss"] != plain[split]["loss"]
+    # the likelihood is computed in float32 whatever the precision
+    assert half["likelihood"]["exact"]["nll"] == plain["likelihood"]["exact"]["nll"]

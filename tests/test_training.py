@@ -127,7 +127,8 @@ def test_bfloat16_trains_where_native_and_is_refused_elsewhere(fake_mnist, tmp_p
 
     monkeypatch.setattr(training.torch, "autocast", recording_autocast)
     result = train(config, tmp_path / "bf16", data_dir=fake_mnist, progress=False, log=quiet)
-    assert set(calls) == {torch.bfloat16} and math.isfinite(result.best_valid_loss)
+    # training steps under bfloat16, validation (the same autocast switched off) in float32
+    assert set(calls) == {torch.bfloat16, False} and math.isfinite(result.best_valid_loss)
     float32 = train(dataclasses.replace(config, precision="float32"), tmp_path / "fp32", data_dir=fake_mnist,
                     progress=False, log=quiet)
     assert result.best_valid_loss != float32.best_valid_loss  # the autocast did change the arithmetic

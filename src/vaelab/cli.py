@@ -260,6 +260,9 @@ def evaluate(
                                                     "[default: all]")] = None,
     classifier: Annotated[bool, typer.Option("--classifier", help="Add classifier scores of interpolation "
                                              "midpoints and prior samples")] = False,
+    precision: Annotated[str, typer.Option(
+        help="float32 | bfloat16: the validation and test losses under bfloat16 autocast, where the CPU or GPU "
+             "computes it natively; likelihoods (--nll) stay float32")] = "float32",
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
@@ -275,7 +278,8 @@ def evaluate(
         given = " and ".join(f for f, v in (("--k", k), ("--iwae-images", iwae_images)) if v is not None)
         raise UsageProblem(f"{given} only apply to IWAE; add --nll iwae (or --nll exact,iwae)")
     result = evaluate_run(run_dir, data_dir=data_dir, device=device, nll=estimators or None,
-                          k=k if k is not None else IWAE_K, iwae_images=iwae_images, classifier=classifier)
+                          k=k if k is not None else IWAE_K, iwae_images=iwae_images, classifier=classifier,
+                          precision=precision)
     pixels = result.get("pixel_likelihood")
     typer.echo(f"{run_dir} (best epoch {result['epoch']}), per image"
                + (f"; nats under the {pixels['description']} likelihood:" if pixels else ":"))

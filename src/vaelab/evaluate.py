@@ -17,7 +17,7 @@ from .models import model_device
 from .objectives import LIKELIHOOD_NAMES, bits_per_dim, evaluate_objective
 from .progress import to_stderr
 from .runfiles import EVALUATION_FILE, read_json, write_json
-from .training import NonFiniteLossError
+from .training import NonFiniteLossError, check_precision
 
 
 class NonFiniteResultError(NonFiniteLossError):
@@ -27,8 +27,8 @@ class NonFiniteResultError(NonFiniteLossError):
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
                  device: str = "auto", nll: str | Sequence[str] | None = None, k: int = IWAE_K,
                  nll_images: int | None = None, iwae_images: int | None = None, classifier: bool = False,
-                 classifier_images: int = 1000, log: Callable[[str], None] = to_stderr,
-                 bar: bool | None = None) -> dict:
+                 classifier_images: int = 1000, precision: str = "float32",
+                 log: Callable[[str], None] = to_stderr, bar: bool | None = None) -> dict:
     """Score the best checkpoint on validation and test; merge into `evaluation.json` and return it.
 
     Always: the run's objective on the validation and test sets ("valid", "test": mean terms in nats
@@ -38,21 +38,24 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     with `k` samples on the first `iwae_images` of them. `classifier` adds the classifier scores of
     `classifier.realism` on `classifier_images` midpoints and samples under "realism". `log` receives
     progress lines and the classifier's messages; `bar` (None: when stderr is a terminal) tqdm bars.
+    `precision` "bfloat16" computes the validation and test terms under bfloat16 autocast (native bfloat16
+    only; recorded as "precision"); the likelihoods are always computed in float32 or float64.
     """
     run_dir = Path(run_dir)
     estimators = parse_estimators(nll) if nll is not None else ()  # a bad name fails before any work
     model, config, meta = load_trained(run_dir, device)
+    check_precision(precision, model_device(model))
     data = (data if data is not None else load_data(config, data_dir)).to(model_device(model))
     if classifier and config.dataset not in SPECS:
         raise ValueError(f"--classifier scores need a classifier trained on the dataset; vaelab has them for "
                          f"{', '.join(SPECS)}, not for {config.dataset}")
-    result = {"epoch": meta.get("epoch")}
+    result = {"epoch": meta.get("epoch"), "precision": precision}
     if config.model != "pca":  # what the loss's reconstruction term is: −log p(x|z) under this likelihood
         result["pixel_likelihood"] = {"name": config.likelihood, "description": LIKELIHOOD_NAMES[config.likelihood],
                                       "dimensions": config.n_pixels}
     for split in ("valid", "test"):
         result[split] = evaluate_objective(model, config.objective, getattr(data, split), beta=config.beta,
-                                           seed=config.eval_seed, k=config.k)
+                                           seed=config.eval_seed, k=config.k, precision=precision)
         bad = [f"{term} {value}" for term, value in result[split].items() if not math.isfinite(value)]
         if bad:  # a non-finite score is an error, never a number in a table
             raise NonFiniteResultError(f"{run_dir}: the {split} {bad[0]} per image is not a finite number; "

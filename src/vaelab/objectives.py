@@ -311,12 +311,15 @@ def objective_function(objective: str, *, k: int = 1) -> Callable[..., Terms]:
 
 @torch.no_grad()
 def evaluate_objective(model: nn.Module, objective: str, x: torch.Tensor, *, beta: float = 1.0,
-                       seed: int = 1234, batch_size: int = 2000, k: int = 1) -> dict[str, float]:
+                       seed: int = 1234, batch_size: int = 2000, k: int = 1,
+                       precision: str = "float32") -> dict[str, float]:
     """Mean over the images x (N, P) of each term, plus the common squared-error metric.
 
     The noise comes from a generator seeded with `seed`, so the result is a deterministic function
     of the weights: the value logged during training is the value `vaelab evaluate` prints.
     Returns nats per image (squared error in squared pixel units per image). `k`: iwae's samples.
+    `precision` "bfloat16": the forward passes under bfloat16 autocast (the caller checks that the
+    device computes it natively); the sums stay float64 either way.
     """
     function = objective_function(objective, k=k)
     was_training = model.training
@@ -325,8 +328,9 @@ def evaluate_objective(model: nn.Module, objective: str, x: torch.Tensor, *, bet
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
-        terms = function(model, batch, beta=beta, generator=generator)
-        terms["squared_error"] = squared_error(model.reconstruct(batch), batch)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            terms = function(model, batch, beta=beta, generator=generator)
+            terms["squared_error"] = squared_error(model.reconstruct(batch), batch)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.double().sum()
     model.train(was_training)

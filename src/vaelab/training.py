@@ -41,7 +41,7 @@ from .checkpoint import (
     save_model,
     save_training_state,
 )
-from .config import ConfigError, RunConfig, check_data_size, check_options_apply
+from .config import PRECISIONS, ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, cache_dir, load_data, with_source
 from .device import cpu_model, native_bfloat16, resolve_device
 from .distributed import World, join
@@ -170,7 +170,7 @@ def train(config: RunConfig, out: str | Path, *, data: PixelData | None = None, 
     world, dev = join(resolve_device(device))  # under torchrun: this rank's place and device
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
-    _check_precision(config, dev)
+    check_precision(config.precision, dev)
     if world.main:
         try:
             check_new_run_dir(out, allowed=keep)  # a run still training there is reported as in use
@@ -232,7 +232,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, data: PixelData | 
         config = RunConfig.from_dict({**config.to_dict(), "epochs": epochs})
     world.agree("configuration", config.to_dict())
     _check_world(config, world)
-    _check_precision(config, dev)
+    check_precision(config.precision, dev)
     data = data if data is not None else load_data(config, data_dir)
     data.check()
     check_data_size(config, len(data.train))
@@ -284,8 +284,11 @@ def machine_kernel() -> str:
     return kernel
 
 
-def _check_precision(config: RunConfig, device: torch.device) -> None:
-    if config.precision == "bfloat16" and not native_bfloat16(device):
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError unless `precision` is float32, or bfloat16 on a device that computes it natively."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and not native_bfloat16(device):
         raise ConfigError(f"--precision bfloat16 needs native bfloat16 (a CPU with AVX-512 BF16 or AMX, or a GPU); "
                           f"this {device.type} would emulate it, slower than float32: use --precision float32")
 
