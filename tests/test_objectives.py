@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaelab.models import VAE
@@ -44,6 +45,38 @@ def test_bernoulli_nll_by_hand():
     x = torch.tensor([[1.0, 0.0, 1.0]])
     expected = math.log(2) + math.log(1 + math.exp(2)) + math.log(1 + math.exp(1))
     assert bernoulli_nll(logits, x).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bernoulli_nll_matches_torchs_cross_entropy_in_value_and_gradient():
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 784, generator=generator, dtype=torch.float64) * 30).requires_grad_()  # |l| up to ~100
+    for x in ((torch.rand(64, 784, generator=generator, dtype=torch.float64) < 0.3).double(),  # binary
+              torch.rand(64, 784, generator=generator, dtype=torch.float64).requires_grad_()):  # grayscale
+        ours = bernoulli_nll(logits, x)
+        torchs = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        torch.testing.assert_close(ours, torchs)
+        weights = torch.randn(64, generator=generator, dtype=torch.float64)
+        wrt = (logits, x) if x.requires_grad else (logits,)
+        for a, b in zip(torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((torchs * weights).sum(), wrt)):
+            torch.testing.assert_close(a, b)
+    small = (torch.randn(3, 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    gray = torch.rand(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(bernoulli_nll, (small, gray))
+
+
+def test_bernoulli_nll_promotes_autocast_logits_and_broadcasts():
+    x = (torch.rand(4, 10) < 0.5).float()
+    logits = torch.randn(4, 10)
+    expected = F.binary_cross_entropy_with_logits(logits.bfloat16().float(), x, reduction="none").sum(-1)
+    got = bernoulli_nll(logits.bfloat16(), x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    row = logits[:1].requires_grad_()
+    shared = bernoulli_nll(*torch.broadcast_tensors(row, x))  # one code's logits against four images
+    torch.testing.assert_close(shared, F.binary_cross_entropy_with_logits(row.expand(4, -1), x,
+                                                                         reduction="none").sum(-1))
+    shared.sum().backward()
+    assert row.grad.shape == (1, 10)
 
 
 def test_paper_penalty_by_hand():
