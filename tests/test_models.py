@@ -170,3 +170,23 @@ def test_mlp_models_and_their_weights_are_as_before():
         "to_stats.weight", "to_stats.bias", "decoder.to_hidden.0.0.weight", "decoder.to_hidden.0.0.bias",
         "decoder.to_hidden.0.2.weight", "decoder.to_hidden.0.2.bias", "decoder.to_logits.weight",
         "decoder.to_logits.bias"]
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_the_grid_follows_a_learned_prior_and_is_the_quantile_grid_otherwise(latent_dim):
+    from vaelab.models import prior_grid, quantile_grid
+
+    plain = vae_with("standard", latent_dim)
+    assert torch.equal(prior_grid(plain, 5, latent_dim), quantile_grid(5, latent_dim)[0])
+    mog = vae_with("mog:2", latent_dim)
+    with torch.no_grad():  # all of p(z) far from N(0, I)'s grid: around (8, -6), scale 0.5
+        mog.prior.means.copy_(torch.tensor([8.0, -6.0])[:latent_dim].expand(2, latent_dim))
+        mog.prior.log_scales.fill_(math.log(0.5))
+    grid = prior_grid(mog, 9, latent_dim)
+    assert grid.shape == quantile_grid(9, latent_dim)[0].shape
+    # the middle code is at the prior's median, the outer ones at its 1/18 and 17/18 quantiles
+    normal = torch.distributions.Normal(torch.tensor([8.0, -6.0])[:latent_dim], 0.5)
+    expected = normal.icdf(torch.tensor([[0.5 / 9], [0.5], [1 - 0.5 / 9]]))  # (3, D)
+    axes = grid[[0, 4, 8]] if latent_dim == 1 else torch.stack([grid[[36, 40, 44], 0], grid[[76, 40, 4], 1]], 1)
+    torch.testing.assert_close(axes, expected, atol=0.03, rtol=0)
+    assert mog.log_prior(grid).min() > mog.log_prior(quantile_grid(9, latent_dim)[0]).max()

@@ -57,7 +57,9 @@ def test_bernoulli_nll_matches_torchs_cross_entropy_in_value_and_gradient():
         torch.testing.assert_close(ours, torchs)
         weights = torch.randn(64, generator=generator, dtype=torch.float64)
         wrt = (logits, x) if x.requires_grad else (logits,)
-        for a, b in zip(torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((torchs * weights).sum(), wrt)):
+        ours_grads = torch.autograd.grad((ours * weights).sum(), wrt)
+        torchs_grads = torch.autograd.grad((torchs * weights).sum(), wrt)
+        for a, b in zip(ours_grads, torchs_grads, strict=True):
             torch.testing.assert_close(a, b)
     small = (torch.randn(3, 5, generator=generator, dtype=torch.float64)).requires_grad_()
     gray = torch.rand(3, 5, generator=generator, dtype=torch.float64).requires_grad_()

@@ -27,7 +27,7 @@ from .config import RunConfig
 from .data import load_images, output_shape
 from .device import resolve_device
 from .evaluate import evaluate_run
-from .models import PCA, decode_to_pixels, encode_mean, model_device, quantile_grid, sample_images
+from .models import PCA, decode_to_pixels, encode_mean, model_device, prior_grid, sample_images
 from .objectives import LOG_VARIANCE, posterior
 from .runfiles import read_metrics
 
@@ -207,7 +207,8 @@ class Run:
     @torch.no_grad()
     def latent_grid(self, n: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
         """The report's manifold figure as tensors: (images, codes) at the Gaussian quantiles of an even
-        grid in (0, 1) (Kingma & Welling's inverse-CDF grid), n per axis.
+        grid in (0, 1) (Kingma & Welling's inverse-CDF grid), n per axis; with a learned prior (mog, vamp),
+        at that prior's own per-axis quantiles (`models.prior_grid`), where its mass is.
 
         Latent 2: images (n·n, H, W), codes (n·n, 2), row-major with the top row at the highest c2
         (reshape images to (n, n, H, W) for the picture). Latent 1: images (n, H, W), codes (n, 1).
@@ -218,8 +219,7 @@ class Run:
             raise ValueError(f"latent_grid needs latent dimension 1 or 2; this run has {d}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a whole number >= 1, got {n!r}")
-        codes, _ = quantile_grid(n, d)
-        codes = codes.to(self.device)
+        codes = prior_grid(self.model, n, d)
         if isinstance(self.model, PCA):
             codes = codes * self.model.variances.sqrt()
         return self.decode(codes), codes
