@@ -12,6 +12,7 @@ from .checkpoint import load_trained
 from .classifier import load_classifier, realism
 from .config import IWAE_K
 from .data import SPECS, PixelData, load_data
+from .device import keep_freed_memory
 from .likelihood import measure, parse_estimators
 from .models import model_device
 from .objectives import LIKELIHOOD_NAMES, bits_per_dim, evaluate_objective
@@ -45,6 +46,8 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     estimators = parse_estimators(nll) if nll is not None else ()  # a bad name fails before any work
     model, config, meta = load_trained(run_dir, device)
     check_precision(precision, model_device(model))
+    if model_device(model).type == "cpu":
+        keep_freed_memory()
     data = (data if data is not None else load_data(config, data_dir)).to(model_device(model))
     if classifier and config.dataset not in SPECS:
         raise ValueError(f"--classifier scores need a classifier trained on the dataset; vaelab has them for "
