@@ -122,13 +122,20 @@ def test_bfloat16_trains_where_native_and_is_refused_elsewhere(fake_mnist, tmp_p
     real_autocast = torch.autocast
 
     def recording_autocast(*args, **kwargs):
-        calls.append(kwargs.get("enabled", True) and kwargs.get("dtype"))
+        if "dtype" in kwargs:  # the trainer's and validation's (not bernoulli_nll's float32 inside)
+            calls.append(kwargs.get("enabled", True) and kwargs["dtype"])
         return real_autocast(*args, **kwargs)
 
     monkeypatch.setattr(training.torch, "autocast", recording_autocast)
     result = train(config, tmp_path / "bf16", data_dir=fake_mnist, progress=False, log=quiet)
-    # training steps under bfloat16, validation (the same autocast switched off) in float32
-    assert set(calls) == {torch.bfloat16, False} and math.isfinite(result.best_valid_loss)
+    assert set(calls) == {torch.bfloat16} and math.isfinite(result.best_valid_loss)  # steps and validation
+    # `vaelab evaluate --precision bfloat16` gives back the logged number; its default is float32
+    from vaelab.evaluate import evaluate_run
+
+    again = evaluate_run(tmp_path / "bf16", data_dir=fake_mnist, device="cpu", precision="bfloat16", log=quiet)
+    assert again["valid"]["loss"] == result.best_valid_loss
+    assert evaluate_run(tmp_path / "bf16", data_dir=fake_mnist, device="cpu", log=quiet)["valid"]["loss"] \
+        == pytest.approx(result.best_valid_loss, rel=0.02)
     float32 = train(dataclasses.replace(config, precision="float32"), tmp_path / "fp32", data_dir=fake_mnist,
                     progress=False, log=quiet)
     assert result.best_valid_loss != float32.best_valid_loss  # the autocast did change the arithmetic

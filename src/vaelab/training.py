@@ -422,9 +422,10 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
                                           f"{path}. Resume with: vaelab train --resume {run_dir}")
         bar.close()
         train_means = (world.sum(sums) / n).tolist()
-        # validated at the full β whatever the warm-up, so that epochs compare on one objective
+        # validated at the full β whatever the warm-up, so that epochs compare on one objective; in the
+        # run's precision (`vaelab evaluate` gives float32 numbers by default)
         valid = evaluate_objective(model, config.objective, data.valid, beta=config.beta, seed=config.eval_seed,
-                                   k=config.k)
+                                   k=config.k, precision=config.precision)
         if not math.isfinite(valid["loss"]):
             raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch}; "
                                      f"{_what_is_left(run_dir, state)}")
