@@ -36,7 +36,7 @@ GROUPS = [
     ("loss elementwise (BCE, penalty, sums)", ("binary_cross_entropy", "aten::exp", "aten::sum", "aten::mul",
                                                "aten::add", "aten::sub", "aten::pow", "aten::square", "aten::softplus",
                                                "aten::log", "aten::div", "aten::neg", "aten::sigmoid",
-                                               "aten::clamp", "aten::mean", "aten::rsub")),
+                                               "aten::clamp", "aten::mean", "aten::rsub", "vecdot", "_BernoulliNLL")),
     ("activations (ReLU fwd/bwd)", ("aten::relu", "aten::threshold", "aten::clamp_min")),
     ("batch gather and copies", ("aten::index", "aten::copy_", "aten::cat", "aten::stack", "aten::to",
                                  "aten::contiguous", "aten::clone", "aten::empty", "aten::zeros", "aten::fill_")),
