@@ -515,3 +515,28 @@ def test_a_gaussian_likelihood_vae_with_a_vamp_prior_trains_and_is_measured(fake
     assert gap["iwae_minus_nll"] > -0.05 and gap["neg_elbo_minus_nll"] >= gap["iwae_minus_nll"]
     model, _, _ = load_trained(tmp_path / "run", "cpu")
     assert model.prior.raw_inputs.shape == (5, 784) and model.decoder.raw_scale is not None
+
+
+@pytest.mark.parametrize("limit, step", [(6, 1 / 16), (6, 1 / 64), (14, 1 / 8), (31, 1 / 4), (114, 1 / 4), (7, 1 / 3)])
+def test_tiles_cover_the_square_exactly_and_stay_few(limit, step):
+    tile = lk.tile_side(limit, step)
+    per_tile, tiles = round(tile / step), round(2 * limit / tile)
+    assert per_tile * step == pytest.approx(tile) and tiles * per_tile == round(2 * limit / step)  # no remainder
+    assert tile >= lk.TILE - 1e-12 and tiles <= lk.MAX_TILES_PER_AXIS
+    if 2 * limit / lk.TILE <= lk.MAX_TILES_PER_AXIS and (lk.TILE / step).is_integer():
+        assert tile == lk.TILE  # the standard squares keep their tiles
+
+
+def test_a_wide_learned_prior_is_integrated_with_wider_tiles():
+    """A component of scale 5 at (7, -6.5) (a VampPrior's stray pseudo-input can be wider still) puts the
+    square at ±37: 296 tiles of TILE per axis; the tiles widen to keep at most MAX_TILES_PER_AXIS, and the
+    answer still matches the brute-force grid."""
+    model = tiny_vae_with_prior("mog:3")
+    with torch.no_grad():
+        model.prior.log_scales[1] = math.log(5.0)
+    x = binary_images(6, 5, seed=4)
+    exact = lk.exact_nll(model, x)
+    assert exact.grid["converged"] and exact.grid["limit"] == 37
+    assert exact.grid["tile"] > lk.TILE and 2 * exact.grid["limit"] / exact.grid["tile"] <= lk.MAX_TILES_PER_AXIS
+    reference = brute_force_nll(model, x, limit=exact.grid["limit"] + 2, step=1 / 48)
+    torch.testing.assert_close(exact.nll, reference, atol=3e-3, rtol=0)

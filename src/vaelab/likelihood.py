@@ -38,7 +38,11 @@ TOLERANCE = 0.01  # nats per image: the quadrature grid is refined until the ans
 # Quadrature start per latent dimension: (half-width of the square in prior standard deviations,
 # scan step, fine step). Steps are powers of two so that coarser grids are subsets of finer ones.
 START_GRID = {1: (6.0, 1 / 64, 1 / 256), 2: (6.0, 1 / 16, 1 / 64)}
-TILE = 0.25  # side of the tiles that are refined per image
+TILE = 0.25  # side of the tiles that are refined per image (wider on a wide square: tile_side)
+# Tiles per axis at most: `scan` keeps the best node of every tile for every image, N × tiles^D floats
+# (10 000 images at D = 2: 650 MB). A learned prior can be wide (a VampPrior component of scale 15 puts
+# the square at ±114, 912 tiles of TILE per axis: 33 GB), so there the tiles grow instead.
+MAX_TILES_PER_AXIS = 128
 MARGIN = 20.0  # nats: tiles whose best scan node is this far below an image's best are not refined
 # nats: an image whose estimate moves less than this when the step doubles is not refined further;
 # half the tolerance, so that those images keep the mean change below it
@@ -163,6 +167,17 @@ def quadrature(model: VAE, x: torch.Tensor, grid: Grid, *, node_batch: int = 409
             block = torch.logsumexp(terms.log_joint(x[lo:lo + image_batch]), 1).double()
             total[lo:lo + image_batch] = torch.logaddexp(total[lo:lo + image_batch], block)
     return total + grid.dim * math.log(grid.step)
+
+
+def tile_side(limit: float, step: float) -> float:
+    """The tiles' side on the square [-limit, limit]^D scanned at `step`: TILE, or wider where the square
+    would hold more than MAX_TILES_PER_AXIS of them; always a whole number of scan steps that divides
+    the square's side, so that the tiles cover every scan node exactly."""
+    steps = round(2 * limit / step)  # scan steps across the square
+    per_tile = max(round(TILE / step), 1, math.ceil(steps / MAX_TILES_PER_AXIS))
+    while steps % per_tile:
+        per_tile += 1
+    return per_tile * step
 
 
 @dataclass
@@ -336,7 +351,7 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
     max_limit = max(max_limit, limit + 6)
     scan_step, fine_step = scan_step or start[1] * stretch, fine_step or start[2] * stretch
     while True:
-        s = scan(model, x, dim=d, limit=limit, step=scan_step)
+        s = scan(model, x, dim=d, limit=limit, step=scan_step, tile=tile_side(limit, scan_step))
         d_range = (s.log_px - s.log_px_inner).abs()
         range_ok = float(d_range.mean()) < tol
         if range_ok or limit + 2 > max_limit:
