@@ -7,8 +7,11 @@ model.safetensors); the variant chosen per latent dimension is the one with the 
 the validation set. Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k =
 5000) and test -ELBO, nats per image, mean ± sd over seeds, and the training wall time; the CPU it ran on.
 
-Run on demand (hours on 2 idle cores; not in CI). Finished runs in OUT/runs are reused, killed ones resume:
+Run on demand (many hours on 2 idle cores; not in CI), in parts if need be: finished runs in OUT/runs are
+reused, killed ones resume, and each run's scores are kept in its study.json (a `vaelab evaluate RUN --nll
+exact,iwae --k K` already run on the same weights and images is reused too); `--variants` picks some:
     VAELAB_DATA=../shared/data .venv/bin/python benchmarks/likelihood_study.py --out study
+    ... --variants recipe --latent-dims 2     # the recipe alone
     ... --quick    # the same pipeline in minutes: 1 seed, 2 epochs, 10000 training images, small k
 """
 
@@ -30,7 +33,7 @@ from vaelab.data import load_data
 from vaelab.device import cpu_model
 from vaelab.evaluate import evaluate_run
 from vaelab.likelihood import exact_nll
-from vaelab.runfiles import CONFIG_FILE
+from vaelab.runfiles import CONFIG_FILE, EVALUATION_FILE
 from vaelab.training import resume, train
 
 RECIPE = "z2-best"
@@ -69,6 +72,35 @@ def configs(*, latent_dim: int, seed: int, epochs: int, hidden: tuple[int, ...] 
     return out
 
 
+def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_images: int | None) -> dict:
+    """Validation exact NLL, test exact NLL, test IWAE_k and −ELBO of a run's best weights; kept in the run's
+    study.json and reused while the run's best epoch and these settings are unchanged (an evaluation of a
+    learned-prior model takes minutes)."""
+    key = {"best_epoch": load_trained(run_dir, "cpu")[2].get("epoch"), "nll_images": nll_images, "iwae_k": iwae_k,
+           "iwae_images": iwae_images}
+    cache = run_dir / "study.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["scores"]
+    model, _, meta = load_trained(run_dir, "cpu")
+    valid_nll = float(exact_nll(model, data.valid[:nll_images]).nll.mean())
+    n_test = len(data.test[:nll_images])
+    saved = json.loads((run_dir / EVALUATION_FILE).read_text()) if (run_dir / EVALUATION_FILE).exists() else {}
+    likelihood = saved.get("likelihood") or {}
+    if not (saved.get("epoch") == meta.get("epoch") and likelihood.get("exact", {}).get("images") == n_test
+            and likelihood.get("iwae", {}).get("k") == iwae_k
+            and likelihood["iwae"].get("images") == len(data.test[:iwae_images or n_test])):
+        # (`vaelab evaluate RUN --nll exact,iwae --k K` on the same images and weights is reused as it is)
+        likelihood = evaluate_run(run_dir, data=data, device="cpu", nll="exact,iwae", k=iwae_k,
+                                  nll_images=nll_images, iwae_images=iwae_images, log=lambda _: None,
+                                  bar=False)["likelihood"]
+    scores = {"valid_exact_nll": valid_nll, "test_exact_nll": likelihood["exact"]["nll"],
+              "test_iwae": likelihood["iwae"]["nll"], "iwae_k": iwae_k, "test_neg_elbo": likelihood["elbo"]["neg_elbo"]}
+    cache.write_text(json.dumps({"key": key, "scores": scores}, indent=1))
+    return scores
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "—"
@@ -89,6 +121,8 @@ def main() -> None:
     parser.add_argument("--iwae-images", type=int, default=None, help="IWAE on the first N test images [default: all]")
     parser.add_argument("--nll-images", type=int, default=None, help="exact NLL on the first N validation and test "
                         "images [default: all]")
+    parser.add_argument("--variants", default=None, help="only these variants, comma-separated (e.g. recipe or "
+                        "'recipe,- iwae'); the table then lists those [default: all]")
     parser.add_argument("--hidden", default=None, help="encoder widths, e.g. 512,256 [default: the recipe's]")
     parser.add_argument("--out", default="study", help="runs go to OUT/runs; results.{json,md} to OUT")
     parser.add_argument("--data-dir", default=None)
@@ -102,6 +136,10 @@ def main() -> None:
     nll_images = args.nll_images or (QUICK["nll_images"] if quick else None)
     hidden = parse_hidden(args.hidden) if args.hidden else None
     latent_dims = [int(d) for d in args.latent_dims.split(",")]
+    chosen_variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    unknown = set(chosen_variants or ()) - set(variants(epochs))
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {list(variants(epochs))}")
     out = Path(args.out)
     started = time.perf_counter()
 
@@ -117,21 +155,19 @@ def main() -> None:
         for seed in range(seeds):
             for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, hidden=hidden,
                                         valid_size=args.valid_size).items():
+                if chosen_variants and name not in chosen_variants:
+                    continue
                 run_dir = out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"
-                began = time.perf_counter()
                 if (run_dir / CONFIG_FILE).exists():
                     resume(run_dir, data=data, progress=False, log=lambda _: None)
                 else:
                     train(config, run_dir, data=data, progress=False, log=lambda _: None)
-                seconds = time.perf_counter() - began
-                model, _, _ = load_trained(run_dir, "cpu")
-                valid_nll = float(exact_nll(model, data.valid[:nll_images]).nll.mean())
-                scores = evaluate_run(run_dir, data=data, device="cpu", nll="exact,iwae", k=iwae_k,
-                                      nll_images=nll_images, iwae_images=iwae_images, log=lambda _: None,
-                                      bar=False)["likelihood"]
-                record = {"latent_dim": d, "variant": name, "seed": seed, "valid_exact_nll": valid_nll,
-                          "test_exact_nll": scores["exact"]["nll"], "test_iwae": scores["iwae"]["nll"],
-                          "iwae_k": iwae_k, "test_neg_elbo": scores["elbo"]["neg_elbo"],
+                # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
+                timing = (run_dir / "timing.jsonl").read_text().splitlines()
+                seconds = sum(json.loads(line)["seconds"] for line in timing)
+                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
+                valid_nll = scores["valid_exact_nll"]
+                record = {"latent_dim": d, "variant": name, "seed": seed, **scores,
                           "train_seconds": round(seconds, 1), "config": config.to_dict()}
                 per_variant.setdefault(name, []).append(record)
                 rows.append(record)
@@ -148,6 +184,8 @@ def main() -> None:
     for d in latent_dims:
         for name in variants(epochs):
             records = [r for r in rows if r["latent_dim"] == d and r["variant"] == name]
+            if not records:
+                continue
             mark = " (chosen on validation)" if records[0]["chosen_on_validation"] else ""
             cells = [mean_sd([r[key] for r in records]) for key in
                      ("valid_exact_nll", "test_exact_nll", "test_iwae", "test_neg_elbo")]
