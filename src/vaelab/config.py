@@ -39,8 +39,8 @@ LEARNED_PRIOR_OBJECTIVES = ("elbo", "iwae")
 # Named recipes for `vaelab train --preset NAME` / RunConfig.from_preset: option values that explicit
 # options override. Each lever is one the literature argues lowers the test NLL of a small-latent VAE, at a
 # cost that stays on a CPU; which lever does what is benchmarks/likelihood_study.py's to measure. Measured
-# so far (README, Better likelihoods): z2-best, seed 0, exact test NLL 123.40 nats (IWAE_5000 124.30), 300
-# epochs at 4.1 s each on 2 cores of an AMD EPYC.
+# (README, Better likelihoods): z2-best over seeds 0-2, exact test NLL 123.18 ± 0.23 nats, IWAE_5000
+# 124.07 ± 0.23; 300 epochs at 4.0-4.4 s each on 2 cores of an AMD EPYC.
 # - iwae, k=5: the importance-weighted bound (Burda et al. 2016) is tighter than the ELBO and trains the
 #   decoder towards a higher log p(x); 5 samples keep an epoch within ~3-4x of the ELBO's.
 # - vamp:100: the VampPrior (Tomczak & Welling 2018) fits p(z) to the aggregate posterior, the mismatch
