@@ -465,4 +465,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _fail(message: str, code: int) -> None:
     print(f"vaelab: error: {message}", file=sys.stderr)
+    _end_failed_rank(code)
     sys.exit(code)
+
+
+def _end_failed_rank(code: int) -> None:
+    """Under torchrun, a rank that failed exits at once, with `code`: its process group torn down at
+    interpreter exit, after another rank has gone, can abort the process instead (SIGABRT; seen once in
+    tests/test_distributed.py). Nothing is left to save: the error is handled and reported."""
+    dist = sys.modules.get("torch.distributed")  # never imported: no process group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
