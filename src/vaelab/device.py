@@ -91,7 +91,7 @@ def keep_freed_memory() -> bool:
     25 with this setting (tests/test_device.py counts them). Numbers do not change, only where memory
     comes from. Once per process; True where applied (Linux with glibc), False elsewhere (a no-op).
     """
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
