@@ -146,7 +146,7 @@ def main() -> None:
     if quick:
         data = dataclasses.replace(data, train=data.train[:QUICK_TRAIN_IMAGES])
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"recipe {RECIPE} = {PRESETS[RECIPE]} (not yet tuned: this study is what tunes it); {epochs} epochs, "
+    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, "
           f"{seeds} seeds, latent {latent_dims}; {len(data.train)} training images; test IWAE_{iwae_k}")
     rows = []
     for d in latent_dims:

@@ -341,10 +341,11 @@ def test_evaluate_cli_rejects_exact_for_latent_three(trained_runs, capsys):
 # --- the report's likelihood columns and paragraphs (synthetic evaluation.json, no training) ---------
 
 def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: float, iwae_gap: float,
-                      elbo_gap: float, confidence: float, frechet: float):
+                      elbo_gap: float, confidence: float, frechet: float, preset: str | None = None):
     from vaelab.table import RunRecord
 
-    config = RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5)
+    config = (RunConfig.from_preset(preset, seed=seed) if preset else
+              RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5))
     test = {"loss": nll + elbo_gap, "reconstruction": nll, "regularizer": 3.0, "squared_error": 30.0}
     scores = {"confidence": confidence, "entropy": 0.5, "frechet": frechet, "images": 100}
     evaluation = {"epoch": 5, "test": test, "realism": {
@@ -373,13 +374,28 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
                                  frechet=f)
                for s in (0, 1) for m, o, c, f in (("autoencoder", "reconstruction", 0.6, 40.0),
                                                   ("vae", "paper", 0.9, 10.0), ("vae", "elbo", 0.95, 8.0))]
+    # the recipe's runs (vaelab reproduce --recipe): a row of their own, not mixed with the paper's models
+    records += [likelihood_record("vae", "iwae", 2, s, nll=123.0 + s / 2, iwae_gap=0.9, elbo_gap=16.0,
+                                  confidence=0.9, frechet=9.0, preset="z2-best") for s in (0, 1)]
     rows = table.results_rows(records)
     ae = next(r for r in rows if r["model"] == "autoencoder")
     assert ae["cells"]["exact_nll"] is None and ae["cells"]["midpoint_confidence"]["mean"] == pytest.approx(0.6)
     vae = next(r for r in rows if r["objective"] == "elbo")
     assert vae["cells"]["exact_nll"]["values"] == [140.0, 141.0]
+    recipe = next(r for r in rows if r["preset"] == "z2-best")
+    assert recipe["label"] == "VAE (z2-best recipe)" and recipe["epochs"] == 300 and recipe["seeds"] == [0, 1]
+    assert recipe["cells"]["exact_nll"]["values"] == [123.0, 123.5]
     anchor = discussion.anchor_paragraph(rows, epochs=5, eval_seed=1234)
-    assert "−135.73 ± 0.83" in anchor and "−132.50" in anchor and "VAE (ELBO) 140.50 ± 0.71" in anchor
+    assert "IS-500" in anchor and "seed 1234" in anchor
+    header, body = discussion.published_comparison(rows, discussion.measurement_summary(records))
+    lines = {(row[0], row[1]): row[2:] for row in body}
+    assert lines[("Davidson et al. 2018, Gaussian VAE", "IS-500")][0] == "135.73 ± 0.83"
+    assert lines[("Davidson et al. 2018, hyperspherical S-VAE", "IS-500")][0] == "132.50 ± 0.73"
+    assert lines[("vaelab, VAE (ELBO), 5 epochs, 2 seeds", "exact (quadrature)")] == ["140.50 ± 0.71", "10000"]
+    assert lines[("vaelab, VAE (z2-best recipe), 300 epochs, 2 seeds", "exact (quadrature)")] == [
+        "123.25 ± 0.35", "10000"]
+    assert lines[("vaelab, VAE (z2-best recipe), 300 epochs, 2 seeds", "IWAE_1000")] == ["124.15 ± 0.35", "500"]
+    assert not any(row[0].startswith("vaelab, autoencoder") for row in body)  # no likelihood of its own
     text = " ".join(discussion.likelihood_paragraphs(rows))
     assert "holds in every run" in text
     assert "claim that the VAE's midpoints are digits and the autoencoder's are not is supported" in text
@@ -395,7 +411,10 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
     blocks = report.report_blocks(rows, setup, {}, discussion.measurement_summary(records))
     kinds = [(b[0], b[1] if b[0] in ("h2", "p") else None) for b in blocks]
     heading = kinds.index(("h2", "Likelihoods and posterior diagnostics (VAEs)"))
-    assert kinds[heading + 1][0] == "table" and kinds[heading + 3] == ("p", anchor)
+    assert kinds[heading + 1][0] == "table" and kinds[heading + 4] == ("p", anchor)
+    assert blocks[heading + 3] == ("table", header, body)  # the published comparison, then how to read it
+    # the paragraphs about the paper's models do not take the recipe's row for one of them
+    assert discussion._find(rows, "vae", "iwae", 2) is None
 
     # the verdicts follow the numbers: a bound violated, the autoencoder's midpoints better
     flipped = [likelihood_record(m, o, 2, s, nll=140.0, iwae_gap=-1.0 if m == "vae" else 0.0, elbo_gap=5.0,

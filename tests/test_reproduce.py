@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ from vaelab.reproduce import (
     plan,
     reproduce,
 )
-from vaelab.runfiles import read_metrics
+from vaelab.runfiles import load_config, read_metrics
 from vaelab.training import train
 
 # --- settings and plan ---------------------------------------------------------------------------
@@ -85,6 +86,22 @@ def test_plan_covers_every_model_dim_and_seed_with_one_setup():
                 if k not in ("model", "objective", "latent_dim", "seed", "epochs")}
         assert rest == {k: v for k, v in RunConfig().to_dict().items() if k in rest}  # one shared setup
     assert [s.config.seed for s in specs[:8]] == [0] * 8  # seed-major: all models of seed 0 first
+
+
+def test_plan_adds_the_recipe_for_each_latent_dim_that_has_one():
+    from vaelab.config import PRESETS
+
+    specs = plan(make_settings(epochs=4, seeds=2, latent_dims=(1, 2, 3), recipe=True))
+    recipes = [s for s in specs if s.config.preset]
+    assert [(s.name, s.config.seed) for s in recipes] == [("z1-best-s0", 0), ("z2-best-s0", 0),
+                                                         ("z1-best-s1", 1), ("z2-best-s1", 1)]  # no z3-best
+    for s in recipes:  # the preset's own settings, its 300 epochs included
+        assert {k: getattr(s.config, k) for k in PRESETS[s.config.preset]} == PRESETS[s.config.preset]
+    assert len(specs) == len(EXPERIMENT) * 3 * 2 + 4
+    quick = plan(make_settings(quick=True, recipe=True))
+    assert {s.config.epochs for s in quick if s.config.preset} == {QUICK_EPOCHS}  # --quick tries the pipeline
+    assert make_settings(recipe=True).command(Path("r")).endswith("--recipe --out r")
+    assert not any(s.config.preset for s in plan(make_settings()))  # off by default
 
 
 # --- runs: reuse, resume, force, mismatch (fake data) ----------------------------------------------
@@ -226,6 +243,27 @@ def test_the_same_command_gives_the_same_table(quick, tmp_path):
         assert (tmp_path / "again" / name).read_text() == (quick["out"] / name).read_text(), name
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again == json.loads((quick["out"] / "results.json").read_text())
+
+
+def test_recipe_runs_join_the_tables_next_to_the_published_numbers(quick, tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(quick["out"], out)
+    before = {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")}
+    reproduce(out, settings=make_settings(quick=True, recipe=True), data_dir=quick["root"])
+    for name in ("z1-best-s0", "z2-best-s0"):
+        config = load_config(out / "runs" / name)
+        assert (config.preset, config.objective, config.epochs) == (name[:7], "iwae", QUICK_EPOCHS)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    recipe = {r["latent_dim"]: r for r in rows if r["preset"]}
+    assert sorted(recipe) == [1, 2] and recipe[2]["label"] == "VAE (z2-best recipe)"
+    assert recipe[2]["cells"]["exact_nll"]["values"][0] > 0
+    index = (out / "index.md").read_text()
+    assert "8 of 10 runs were reused" in index
+    nll = format(recipe[2]["cells"]["exact_nll"]["mean"], ".2f")
+    assert f"| vaelab, VAE (z2-best recipe), {QUICK_EPOCHS} epochs, 1 seed | exact (quadrature) | {nll} |" in index
+    assert "| Davidson et al. 2018, hyperspherical S-VAE | IS-500 | 132.50 ± 0.73 |" in index
+    # the figures stay the paper's four models
+    assert {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")} == before
 
 
 def test_a_second_invocation_reuses_finished_runs(quick):

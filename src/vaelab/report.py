@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig
-from .discussion import anchor_paragraph, discussion, likelihood_paragraphs, measurement_lines, measurement_summary
+from .discussion import (
+    anchor_paragraph,
+    discussion,
+    likelihood_paragraphs,
+    measurement_lines,
+    measurement_summary,
+    published_comparison,
+)
 from .figures import FIGURES, figure_number
 from .objectives import LIKELIHOOD_NAMES
 from .runfiles import atomic_write
@@ -169,8 +176,9 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
                                         f"and the ELBO use k = {measurement['iwae_k']} samples per image; exact "
                                         f"NLL: on {measurement.get('exact_images', 'all')} test images."))
                 anchor = anchor_paragraph(shown, epochs=setup.epochs, eval_seed=setup.base.eval_seed)
-                if anchor and (setup.base.dataset, setup.base.binarize) == ("mnist", "dynamic"):
-                    blocks.append(("p", anchor))
+                published = published_comparison(shown, measurement or {})
+                if anchor and published and (setup.base.dataset, setup.base.binarize) == ("mnist", "dynamic"):
+                    blocks += [("table", *published), ("p", anchor)]
             blocks.append(("ul", table_notes(shown, cols)[1]))
     blocks += [
         ("p", "All tables: `results.md`, `results.csv`, `results.json` (per-seed values)."),

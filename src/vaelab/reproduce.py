@@ -33,6 +33,7 @@ from .config import (
     IWAE_IMAGES,
     IWAE_K,
     LATENT_DIMS,
+    PRESETS,
     QUICK_EPOCHS,
     QUICK_IWAE_IMAGES,
     QUICK_IWAE_K,
@@ -78,6 +79,7 @@ class Settings:
     iwae_k: int = IWAE_K  # importance samples per image for IWAE and the ELBO split
     iwae_images: int = IWAE_IMAGES  # IWAE and the ELBO split on the first N test images
     realism_images: int = REALISM_IMAGES  # interpolation midpoints and prior samples scored per run
+    recipe: bool = False  # also train the likelihood recipe (PRESETS "z{d}-best") for each latent dim that has one
 
     def command(self, out: Path, base: RunConfig | None = None) -> str:
         """The explicit command line that reproduces these settings (and `base`'s data and model choices)."""
@@ -93,6 +95,8 @@ class Settings:
             parts.append(f"--iwae-k {self.iwae_k}")
         if self.iwae_images != default.iwae_images:
             parts.append(f"--iwae-images {self.iwae_images}")
+        if self.recipe:
+            parts.append("--recipe")
         defaults = RunConfig()
         for name in ("dataset", "arch", "likelihood"):  # the choices `vaelab reproduce` takes as options
             if base is not None and getattr(base, name) != getattr(defaults, name):
@@ -102,7 +106,7 @@ class Settings:
 
 def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int | None = None,
                   latent_dims: tuple[int, ...] = LATENT_DIMS, iwae_k: int | None = None,
-                  iwae_images: int | None = None) -> Settings:
+                  iwae_images: int | None = None, recipe: bool = False) -> Settings:
     """Defaults for the full or the --quick experiment; explicit epochs/seeds/IWAE sizes override either."""
     n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     n_epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
@@ -119,7 +123,7 @@ def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int 
     return Settings(epochs=n_epochs, seeds=tuple(range(n_seeds)), latent_dims=tuple(latent_dims),
                     train_images=QUICK_TRAIN_IMAGES if quick else None, quick=quick,
                     nll_images=QUICK_NLL_IMAGES if quick else None, iwae_k=k, iwae_images=n_iwae,
-                    realism_images=QUICK_REALISM_IMAGES if quick else REALISM_IMAGES)
+                    realism_images=QUICK_REALISM_IMAGES if quick else REALISM_IMAGES, recipe=recipe)
 
 
 def parse_latent_dims(text: str) -> tuple[int, ...]:
@@ -135,7 +139,13 @@ class RunSpec:
     @property
     def name(self) -> str:
         c = self.config
-        return f"{c.model}-{c.objective}-z{c.latent_dim}-s{c.seed}"
+        return f"{c.preset}-s{c.seed}" if c.preset else f"{c.model}-{c.objective}-z{c.latent_dim}-s{c.seed}"
+
+
+def recipe_name(latent_dim: int) -> str | None:
+    """The PRESETS recipe for this latent dimension ("z2-best"), or None where there is none."""
+    name = f"z{latent_dim}-best"
+    return name if name in PRESETS else None
 
 
 def plan(settings: Settings, base: RunConfig | None = None) -> list[RunSpec]:
@@ -148,6 +158,12 @@ def plan(settings: Settings, base: RunConfig | None = None) -> list[RunSpec]:
                 epochs = 0 if model == "pca" else settings.epochs  # PCA has no epochs: closed form
                 config = dataclasses.replace(base, model=model, objective=objective, latent_dim=latent_dim,
                                              epochs=epochs, seed=seed)
+                specs.append(RunSpec(config, settings.train_images))
+            recipe = recipe_name(latent_dim) if settings.recipe else None
+            if recipe:  # its own budget (300 epochs), except under --quick, which tries the pipeline
+                config = dataclasses.replace(base, **PRESETS[recipe], seed=seed, preset=recipe)
+                if settings.quick:
+                    config = dataclasses.replace(config, epochs=settings.epochs)
                 specs.append(RunSpec(config, settings.train_images))
     return specs
 
@@ -465,7 +481,7 @@ def reproduce(out: str | Path = "report", *, settings: Settings | None = None, f
         bar.phase("figures")
         t0 = time.perf_counter()
         runs = {(s.config.model, s.config.objective, s.config.latent_dim, s.config.seed): runs_dir / s.name
-                for s in specs}
+                for s in specs if s.config.preset is None}  # the figures show the paper's four models
         figure_paths, code_stats = make_figures(out, runs, data, settings, device=device)
         figure_seconds = time.perf_counter() - t0
         bar.phase("explorer")

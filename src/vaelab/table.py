@@ -29,6 +29,8 @@ class RunRecord:
 
     @property
     def label(self) -> str:
+        if self.config.preset:  # a named recipe: its options are the preset's, not just the objective
+            return f"VAE ({self.config.preset} recipe)"
         return MODEL_LABELS.get((self.config.model, self.config.objective),
                                 f"{self.config.model} ({self.config.objective})")
 
@@ -150,16 +152,16 @@ COLUMNS: list[Column] = [
 # --- the table -----------------------------------------------------------------------------------
 
 def results_rows(records: list[RunRecord], columns: list[Column] = COLUMNS) -> list[dict]:
-    """One row per (model, objective, latent dim), in first-seen order, aggregating its seeds.
+    """One row per (model, objective, latent dim, preset), in first-seen order, aggregating its seeds.
 
     Each cell: {"mean", "std" (sample std; None for one seed), "values" (per seed)}, or None where
     the column does not apply.
     """
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.config.model, r.config.objective, r.config.latent_dim), []).append(r)
+        groups.setdefault((r.config.model, r.config.objective, r.config.latent_dim, r.config.preset), []).append(r)
     rows = []
-    for (model, objective, latent_dim), group in groups.items():
+    for (model, objective, latent_dim, preset), group in groups.items():
         group = sorted(group, key=lambda r: r.config.seed)
         cells = {}
         for col in columns:
@@ -170,7 +172,8 @@ def results_rows(records: list[RunRecord], columns: list[Column] = COLUMNS) -> l
             cells[col.key] = {"mean": statistics.fmean(values),
                               "std": statistics.stdev(values) if len(values) > 1 else None,
                               "values": values}
-        rows.append({"model": model, "objective": objective, "label": group[0].label, "latent_dim": latent_dim,
+        rows.append({"model": model, "objective": objective, "preset": preset, "label": group[0].label,
+                     "latent_dim": latent_dim, "epochs": max(r.config.epochs for r in group),
                      "seeds": [r.config.seed for r in group], "runs": [r.name for r in group], "cells": cells})
     return rows
 
@@ -200,7 +203,7 @@ def write_results(out: Path, rows: list[dict], columns: list[Column] = COLUMNS) 
     atomic_write(out / "results.md", text.encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "objective", "latent_dim", "n_seeds",
+    writer.writerow(["model", "objective", "preset", "latent_dim", "n_seeds",
                      *[f"{c.key}_{stat}" for c in columns for stat in ("mean", "std")]])
     for row in rows:
         stats = []
@@ -210,7 +213,8 @@ def write_results(out: Path, rows: list[dict], columns: list[Column] = COLUMNS) 
                 stats += ["", ""]
             else:
                 stats += [repr(cell["mean"]), "" if cell["std"] is None else repr(cell["std"])]
-        writer.writerow([row["model"], row["objective"], row["latent_dim"], len(row["seeds"]), *stats])
+        writer.writerow([row["model"], row["objective"], row["preset"] or "", row["latent_dim"], len(row["seeds"]),
+                         *stats])
     atomic_write(out / "results.csv", buffer.getvalue().encode())
     write_json(out / "results.json", {
         "columns": [{"key": c.key, "header": c.header, "description": c.description} for c in columns],
