@@ -50,9 +50,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("ae-z2", "autoencoder", "reconstruction", 2, "mnist"), ("vae-z2", "vae", "paper", 2, "mnist"),
         ("vae-z1", "vae", "elbo", 1, "mnist"), ("vae-z3", "vae", "paper", 3, "mnist"),
         ("pca-z2", "pca", "squared-error", 2, "mnist"), ("kmnist-z2", "vae", "paper", 2, "kmnist"),
+        ("mog-z2", "vae", "elbo", 2, "mnist"),
     ]:
         config = RunConfig(model=model, objective=objective, latent_dim=dim, hidden=(32, 16), epochs=2,
-                           batch_size=32, valid_size=FAKE_VALID, seed=1, dataset=dataset)
+                           batch_size=32, valid_size=FAKE_VALID, seed=1, dataset=dataset,
+                           prior="mog:3" if name.startswith("mog") else "standard")
         train(config, root / name, data_dir=root / "data", device="cpu", progress=False, log=lambda m: None)
         made[name] = root / name
     yield made
@@ -233,6 +235,39 @@ def test_no_network_and_a_screenshot_that_is_not_blank(runs, browser, tmp_path):
     for r in range(2):  # the decoded canvas is drawn: not one flat colour
         decoded = np.array(opened.pixels(f"decoded-{r}")).reshape(-1, 4)[:, 0]
         assert decoded.std() > 1
+    opened.close()
+
+
+def test_a_learned_prior_is_drawn_as_its_mass_regions(runs, browser, tmp_path):
+    from vaelab.checkpoint import load_trained
+
+    items = explorer.load_runs([runs["ae-z2"], runs["mog-z2"]], data_dir=runs["data"], device="cpu")
+    model = load_trained(runs["mog-z2"], "cpu")[0]
+    assert items[0].prior is None  # the autoencoder: N(0, I) as the reference
+    means, stds = items[1].prior  # the mixture the run learned
+    assert torch.equal(means, model.prior.means.detach()) and torch.allclose(stds, model.prior.log_scales.exp())
+    # one known Gaussian: its regions are the circles of 1, 2 and 3 sd around its mean
+    mean, sd = np.array([1.5, -1.0]), 0.5
+    items[1].prior = (torch.tensor(mean[None], dtype=torch.float32), torch.full((1, 2), sd))
+    opened = Opened(browser, explorer.write_page(tmp_path / "prior.html", explorer.build_page(items)))
+    page = opened.page
+    for radius, band in ((0.0, 3), (0.9, 3), (1.1, 2), (1.9, 2), (2.1, 1), (2.9, 1), (3.1, 0)):
+        for angle in (0.0, 2.0, 4.0):
+            z = mean + radius * sd * np.array([np.cos(angle), np.sin(angle)])
+            assert page.evaluate("z => vaelabPriorBand(1, z)", z.tolist()) == band, (radius, angle)
+    assert "a learned prior: the regions of highest density holding the same mass" in page.inner_text("#about")
+    # their borders are drawn (dashed): dark pixels along the 2-sd circle, none of that colour at its centre
+    width = page.evaluate("document.getElementById('plane-1').width")
+    pixels = np.array(opened.pixels("plane-1")).reshape(-1, width, 4)
+    dark = (pixels[..., :3] == 34).all(-1)
+
+    def near_dark(z) -> bool:
+        x, y = (round(v) for v in page.evaluate("z => vaelabCanvasPoint(1, z)", list(z)))
+        return bool(dark[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].any())
+
+    on_circle = [near_dark(mean + 2 * sd * np.array([np.cos(a), np.sin(a)])) for a in np.linspace(0, 6.2, 40)]
+    assert sum(on_circle) >= 12 and not near_dark(mean)
+    assert opened.errors == []
     opened.close()
 
 

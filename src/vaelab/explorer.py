@@ -52,6 +52,9 @@ class Loaded:
     seed: int
     codes: torch.Tensor  # (N, D) float32: the deterministic code (m for a VAE) of the first N test images
     labels: torch.Tensor  # (N,) int64
+    # a learned prior as the mixture of K diagonal Gaussians it is: means and standard deviations (K, D)
+    # float32; None for N(0, I) (and for the autoencoder, whose reference is N(0, I) too)
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # --- the one place that reaches into vaelab (switches to the public API at merge) -----------------
@@ -67,9 +70,14 @@ def _load(run_dir: Path, *, data_dir: str | Path | None, device: str, n_points: 
     x, labels = load_images(c.dataset, "test", binarize=c.binarize, data_dir=data_dir, valid_size=c.valid_size,
                             eval_seed=c.eval_seed)
     codes = run.encode(x[:n_points]).float().cpu()  # (N, D)
+    prior = None
+    if c.model == "vae" and run.model.prior.kind != "standard":
+        with torch.no_grad():
+            means, logvars = run.model.prior.components(run.model)
+        prior = (means.float().cpu(), (0.5 * logvars).exp().float().cpu())
     return Loaded(run_dir=Path(run_dir), decoder=run.model.decoder.cpu(), model=c.model, objective=c.objective,
                   latent_dim=c.latent_dim, dataset=c.dataset, seed=c.seed, codes=codes,
-                  labels=labels[:n_points].clone())
+                  labels=labels[:n_points].clone(), prior=prior)
 
 
 # --- the decoder as plain arrays -------------------------------------------------------------------
@@ -119,7 +127,8 @@ def label(item: Loaded) -> str:
 
 
 def payload(items: list[Loaded], precision: str) -> dict:
-    """The JSON the page reads: per run its label, codes (N·D float32) and layers; labels once."""
+    """The JSON the page reads: per run its label, codes (N·D float32), learned prior (or null) and layers;
+    labels once."""
     dtype = np.float16 if precision == "float16" else np.float32
     runs = []
     for item in items:
@@ -129,6 +138,9 @@ def payload(items: list[Loaded], precision: str) -> dict:
             "label": label(item),
             "path": str(item.run_dir),
             "codes": _b64(item.codes.numpy().astype(np.float32)),
+            "prior": None if item.prior is None else {
+                "k": len(item.prior[0]), "means": _b64(item.prior[0].numpy().astype(np.float32)),
+                "stds": _b64(item.prior[1].numpy().astype(np.float32))},
             "layers": [{"in": w.shape[1], "out": w.shape[0], "weight": _b64(w.numpy().astype(dtype)),
                         "bias": _b64(b.numpy().astype(dtype))} for w, b in layers],
         })
