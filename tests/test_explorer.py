@@ -246,15 +246,17 @@ def test_a_learned_prior_is_drawn_as_its_mass_regions(runs, browser, tmp_path):
     assert items[0].prior is None  # the autoencoder: N(0, I) as the reference
     means, stds = items[1].prior  # the mixture the run learned
     assert torch.equal(means, model.prior.means.detach()) and torch.allclose(stds, model.prior.log_scales.exp())
-    # one known Gaussian: its regions are the circles of 1, 2 and 3 sd around its mean
-    mean, sd = np.array([1.5, -1.0]), 0.5
-    items[1].prior = (torch.tensor(mean[None], dtype=torch.float32), torch.full((1, 2), sd))
+    # two known Gaussians far apart, half the mass each: the regions are circles of 1, 2 and 3 sd around each
+    means, sd = np.array([[1.5, -1.0], [-6.0, 4.0]]), 0.5
+    items[1].prior = (torch.tensor(means, dtype=torch.float32), torch.full((2, 2), sd))
     opened = Opened(browser, explorer.write_page(tmp_path / "prior.html", explorer.build_page(items)))
     page = opened.page
-    for radius, band in ((0.0, 3), (0.9, 3), (1.1, 2), (1.9, 2), (2.1, 1), (2.9, 1), (3.1, 0)):
-        for angle in (0.0, 2.0, 4.0):
-            z = mean + radius * sd * np.array([np.cos(angle), np.sin(angle)])
-            assert page.evaluate("z => vaelabPriorBand(1, z)", z.tolist()) == band, (radius, angle)
+    for mean in means:
+        for radius, band in ((0.0, 3), (0.9, 3), (1.1, 2), (1.9, 2), (2.1, 1), (2.9, 1), (3.1, 0)):
+            for angle in (0.0, 2.0, 4.0):
+                z = mean + radius * sd * np.array([np.cos(angle), np.sin(angle)])
+                assert page.evaluate("z => vaelabPriorBand(1, z)", z.tolist()) == band, (mean, radius, angle)
+    mean = means[0]
     assert "a learned prior: the regions of highest density holding the same mass" in page.inner_text("#about")
     # their borders are drawn (dashed): dark pixels along the 2-sd circle, none of that colour at its centre
     width = page.evaluate("document.getElementById('plane-1').width")
@@ -267,6 +269,35 @@ def test_a_learned_prior_is_drawn_as_its_mass_regions(runs, browser, tmp_path):
 
     on_circle = [near_dark(mean + 2 * sd * np.array([np.cos(a), np.sin(a)])) for a in np.linspace(0, 6.2, 40)]
     assert sum(on_circle) >= 12 and not near_dark(mean)
+    assert opened.errors == []
+    opened.close()
+
+
+def test_learned_prior_regions_on_a_strip_and_on_chosen_dimensions(runs, browser, tmp_path):
+    """Latent 1: the 1, 2, 3 σ intervals' masses (68.3, 95.4, 99.7%); latent 3: the marginal on the plane's
+    two dimensions, whichever two are chosen."""
+    (z1,) = explorer.load_runs([runs["vae-z1"]], data_dir=runs["data"], device="cpu")
+    z1.prior = (torch.tensor([[0.8]]), torch.tensor([[0.25]]))
+    opened = Opened(browser, explorer.write_page(tmp_path / "z1.html", explorer.build_page([z1])))
+    for radius, band in ((0.0, 3), (0.9, 3), (1.1, 2), (1.9, 2), (2.1, 1), (2.9, 1), (3.1, 0)):
+        for sign in (-1, 1):
+            assert opened.page.evaluate("z => vaelabPriorBand(0, z)", [0.8 + sign * radius * 0.25]) == band
+    about = opened.page.inner_text("#about")
+    assert "same mass, 68.3, 95.5, 99.7%" in about and opened.errors == [], about
+    opened.close()
+
+    (z3,) = explorer.load_runs([runs["vae-z3"]], data_dir=runs["data"], device="cpu")
+    mean, sd = np.array([1.0, -1.0, 5.0]), np.array([0.5, 0.5, 2.0])
+    z3.prior = (torch.tensor(mean[None], dtype=torch.float32), torch.tensor(sd[None], dtype=torch.float32))
+    opened = Opened(browser, explorer.write_page(tmp_path / "z3.html", explorer.build_page([z3])))
+    page = opened.page
+    page.select_option("#dim-x", "2")
+    page.select_option("#dim-y", "0")
+    assert page.evaluate("vaelabState().dims") == [2, 0]
+    for radius, band in ((0.9, 3), (1.1, 2), (2.1, 1), (3.1, 0)):
+        for angle in (0.0, 1.0, 2.0):  # an ellipse on (z3, z1): sd 2 along x, 0.5 along y
+            z = [5.0 + radius * 2.0 * np.cos(angle), 1.0 + radius * 0.5 * np.sin(angle)]
+            assert page.evaluate("z => vaelabPriorBand(0, z)", z) == band, (radius, angle)
     assert opened.errors == []
     opened.close()
 

@@ -344,8 +344,10 @@ def likelihood_record(model: str, objective: str, dim: int, seed: int, *, nll: f
                       elbo_gap: float, confidence: float, frechet: float, preset: str | None = None):
     from vaelab.table import RunRecord
 
-    config = (RunConfig.from_preset(preset, seed=seed) if preset else
-              RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5))
+    if preset:  # a recipe's run, with the objective given (k only where it applies)
+        config = RunConfig.from_preset(preset, seed=seed, objective=objective, k=5 if objective == "iwae" else 1)
+    else:
+        config = RunConfig(model=model, objective=objective, latent_dim=dim, seed=seed, epochs=5)
     test = {"loss": nll + elbo_gap, "reconstruction": nll, "regularizer": 3.0, "squared_error": 30.0}
     scores = {"confidence": confidence, "entropy": 0.5, "frechet": frechet, "images": 100}
     evaluation = {"epoch": 5, "test": test, "realism": {
@@ -388,13 +390,18 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
     anchor = discussion.anchor_paragraph(rows, epochs=5, eval_seed=1234)
     assert "IS-500" in anchor and "seed 1234" in anchor
     header, body = discussion.published_comparison(rows, discussion.measurement_summary(records))
-    lines = {(row[0], row[1]): row[2:] for row in body}
-    assert lines[("Davidson et al. 2018, Gaussian VAE", "IS-500")][0] == "135.73 ± 0.83"
-    assert lines[("Davidson et al. 2018, hyperspherical S-VAE", "IS-500")][0] == "132.50 ± 0.73"
-    assert lines[("vaelab, VAE (ELBO), 5 epochs, 2 seeds", "exact (quadrature)")] == ["140.50 ± 0.71", "10000"]
-    assert lines[("vaelab, VAE (z2-best recipe), 300 epochs, 2 seeds", "exact (quadrature)")] == [
-        "123.25 ± 0.35", "10000"]
-    assert lines[("vaelab, VAE (z2-best recipe), 300 epochs, 2 seeds", "IWAE_1000")] == ["124.15 ± 0.35", "500"]
+    recipe_label = "vaelab, VAE (z2-best recipe), 300 epochs, 2 seeds"
+    assert body == [
+        ["Davidson et al. 2018, Gaussian VAE", "IS-500", "135.73 ± 0.83", "all (10000)"],
+        ["Davidson et al. 2018, hyperspherical S-VAE", "IS-500", "132.50 ± 0.73", "all (10000)"],
+        *[[f"vaelab, {label}", *line] for label, nll in (("VAE (paper), 5 epochs, 2 seeds", "140.50 ± 0.71"),
+                                                          ("VAE (ELBO), 5 epochs, 2 seeds", "140.50 ± 0.71"))
+          for line in (["exact (quadrature)", nll, "10000"], ["exact (quadrature)", nll, "500"],
+                       ["IWAE_1000", "141.50 ± 0.71", "500"])],
+        # the integral on all test images, then the integral and the bound on the same (IWAE) images
+        [recipe_label, "exact (quadrature)", "123.25 ± 0.35", "10000"],
+        [recipe_label, "exact (quadrature)", "123.25 ± 0.35", "500"],
+        [recipe_label, "IWAE_1000", "124.15 ± 0.35", "500"]]
     assert not any(row[0].startswith("vaelab, autoencoder") for row in body)  # no likelihood of its own
     text = " ".join(discussion.likelihood_paragraphs(rows))
     assert "holds in every run" in text
@@ -411,10 +418,16 @@ def test_report_puts_the_likelihoods_next_to_the_davidson_anchor():
     blocks = report.report_blocks(rows, setup, {}, discussion.measurement_summary(records))
     kinds = [(b[0], b[1] if b[0] in ("h2", "p") else None) for b in blocks]
     heading = kinds.index(("h2", "Likelihoods and posterior diagnostics (VAEs)"))
-    assert kinds[heading + 1][0] == "table" and kinds[heading + 4] == ("p", anchor)
-    assert blocks[heading + 3] == ("table", header, body)  # the published comparison, then how to read it
-    # the paragraphs about the paper's models do not take the recipe's row for one of them
+    assert kinds[heading + 1][0] == "table" and kinds[heading + 3][0] == "ul"  # the table, its † note, notes
+    assert blocks[heading + 4] == ("table", header, body)  # the published comparison, then how to read it
+    assert kinds[heading + 5] == ("p", anchor)
+    setup_text = " ".join(blocks[kinds.index(("h2", "Setup")) + 1][1])
+    assert "VAE (z2-best recipe): `vaelab train --preset z2-best`" in setup_text and "prior vamp:100" in setup_text
+    # the paragraphs about the paper's models do not take a recipe's row for one of them
     assert discussion._find(rows, "vae", "iwae", 2) is None
+    elbo_recipe = [likelihood_record("vae", "elbo", 2, 0, nll=120.0, iwae_gap=0.9, elbo_gap=16.0, confidence=0.9,
+                                     frechet=9.0, preset="z2-best")]
+    assert discussion._find(table.results_rows(elbo_recipe + records[:6]), "vae", "elbo", 2)["preset"] is None
 
     # the verdicts follow the numbers: a bound violated, the autoencoder's midpoints better
     flipped = [likelihood_record(m, o, 2, s, nll=140.0, iwae_gap=-1.0 if m == "vae" else 0.0, elbo_gap=5.0,

@@ -98,8 +98,11 @@ def test_plan_adds_the_recipe_for_each_latent_dim_that_has_one():
     for s in recipes:  # the preset's own settings, its 300 epochs included
         assert {k: getattr(s.config, k) for k in PRESETS[s.config.preset]} == PRESETS[s.config.preset]
     assert len(specs) == len(EXPERIMENT) * 3 * 2 + 4
-    quick = plan(make_settings(quick=True, recipe=True))
-    assert {s.config.epochs for s in quick if s.config.preset} == {QUICK_EPOCHS}  # --quick tries the pipeline
+    quick = [s.config for s in plan(make_settings(quick=True, recipe=True)) if s.config.preset]
+    # --quick tries the pipeline: its budget, and the warm-up the same share of it (10 of 300 epochs: none)
+    assert {(c.epochs, c.warmup) for c in quick} == {(QUICK_EPOCHS, round(10 * QUICK_EPOCHS / 300))}
+    with pytest.raises(ReproduceError, match="no recipe for latent dimension"):
+        make_settings(latent_dims=(3,), recipe=True)  # --recipe that would add nothing is refused
     assert make_settings(recipe=True).command(Path("r")).endswith("--recipe --out r")
     assert not any(s.config.preset for s in plan(make_settings()))  # off by default
 
@@ -262,8 +265,10 @@ def test_recipe_runs_join_the_tables_next_to_the_published_numbers(quick, tmp_pa
     nll = format(recipe[2]["cells"]["exact_nll"]["mean"], ".2f")
     assert f"| vaelab, VAE (z2-best recipe), {QUICK_EPOCHS} epochs, 1 seed | exact (quadrature) | {nll} |" in index
     assert "| Davidson et al. 2018, hyperspherical S-VAE | IS-500 | 132.50 ± 0.73 |" in index
-    # the figures stay the paper's four models
+    # the figures and the explorer stay the paper's four models
     assert {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")} == before
+    page = (out / "explorer.html").read_text()
+    assert "best-s0" not in page and "vae-elbo-z2-s0" in page
 
 
 def test_a_second_invocation_reuses_finished_runs(quick):

@@ -138,8 +138,8 @@ def train(
         help="constant | cosine (decays to 0 over the run's total steps)  "
              f"[default: {D.lr_schedule}]")] = None,
     preset: Annotated[str | None, typer.Option(
-        help=f"A named recipe ({' | '.join(PRESETS)}; config.PRESETS, not yet tuned by a study); the options "
-             "given beside it override its values")] = None,
+        help=f"A named recipe ({' | '.join(PRESETS)}; config.PRESETS: benchmarks/likelihood_study.py measures "
+             "each option); the options given beside it override its values")] = None,
     latent_dim: Annotated[int | None, typer.Option(click_type=WHOLE,
         help=f"Size of the code (the paper uses 1 and 2)  [default: {D.latent_dim}]")] = None,
     hidden: Annotated[str | None, typer.Option(
@@ -343,8 +343,9 @@ def reproduce(
                                                     f"[default: {IWAE_IMAGES}; quick: {QUICK_IWAE_IMAGES}]")] = None,
     recipe: Annotated[bool, typer.Option(
         "--recipe", help="Also train the likelihood recipe (--preset z1-best / z2-best, 300 epochs: about 20 "
-        "minutes per seed on 2 cores) for each latent dimension that has one, and put it in the tables next "
-        "to the published numbers")] = False,
+        "minutes per seed and latent dimension on 2 cores, so about 2 hours at the default seeds and latent "
+        "dimensions) for each latent dimension that has one, and put it in the tables next to the published "
+        "numbers")] = False,
     workers: Annotated[int, typer.Option(
         click_type=whole(1), help="Train the runs in N local worker processes, each with its "
                                          "share of the cores  [default: 1, one after another]",

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
+from .config import PRESETS, RunConfig
 from .discussion import (
     anchor_paragraph,
     discussion,
@@ -144,6 +144,18 @@ def setup_lines(setup: Setup) -> list[str]:
     ]
 
 
+def recipe_lines(rows: list[dict]) -> list[str]:
+    """A setup line per named recipe in the table: what its rows are (`vaelab reproduce --recipe`)."""
+    out = []
+    for name in dict.fromkeys(r["preset"] for r in rows if r.get("preset")):
+        options = ", ".join(f"{k} {v}" for k, v in PRESETS[name].items() if k not in ("model", "latent_dim"))
+        epochs = sorted({r["epochs"] for r in rows if r.get("preset") == name})
+        out.append(f"VAE ({name} recipe): `vaelab train --preset {name}`, the likelihood recipe: {options}; here "
+                   f"{' or '.join(map(str, epochs))} epochs. The architecture and optimizer as above; it is in "
+                   "the tables, not in the figures.")
+    return out
+
+
 def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
                   measurement: dict | None = None) -> list[tuple]:
     """The report as blocks: ("h1" | "h2" | "p", text), ("ul", [text]), ("table", header, body),
@@ -157,7 +169,7 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
               "numbers. Every number below was produced by the command in the setup, from the run "
               "directories under `runs/`; `vaelab evaluate runs/<name>` recomputes any of them."),
         ("h2", "Setup"),
-        ("ul", setup_lines(setup) + measurement_lines(measurement or {})),
+        ("ul", setup_lines(setup) + recipe_lines(rows) + measurement_lines(measurement or {})),
         ("h2", "Results"),
         ("table", header, body),
         ("p", summary),
@@ -175,11 +187,12 @@ def report_blocks(rows: list[dict], setup: Setup, figure_paths: dict[str, Path],
                     blocks.append(("p", f"†: on the first {measurement['iwae_images']} test images, where IWAE "
                                         f"and the ELBO use k = {measurement['iwae_k']} samples per image; exact "
                                         f"NLL: on {measurement.get('exact_images', 'all')} test images."))
+            blocks.append(("ul", table_notes(shown, cols)[1]))
+            if group == "likelihood":  # then the published numbers, under the notes that explain the columns
                 anchor = anchor_paragraph(shown, epochs=setup.epochs, eval_seed=setup.base.eval_seed)
                 published = published_comparison(shown, measurement or {})
                 if anchor and published and (setup.base.dataset, setup.base.binarize) == ("mnist", "dynamic"):
                     blocks += [("table", *published), ("p", anchor)]
-            blocks.append(("ul", table_notes(shown, cols)[1]))
     blocks += [
         ("p", "All tables: `results.md`, `results.csv`, `results.json` (per-seed values)."),
         ("h2", "Figures"),

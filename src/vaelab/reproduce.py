@@ -116,6 +116,10 @@ def make_settings(*, quick: bool = False, epochs: int | None = None, seeds: int 
         raise ReproduceError(f"--epochs must be >= 1, got {n_epochs}")
     if not latent_dims or any(d < 1 for d in latent_dims):
         raise ReproduceError(f"--latent-dims must be whole numbers >= 1, got {list(latent_dims)}")
+    if recipe and not any(recipe_name(d) for d in latent_dims):
+        have = ", ".join(name for name in PRESETS if name.endswith("-best"))
+        raise ReproduceError(f"--recipe: there is no recipe for latent dimension(s) {list(latent_dims)} "
+                             f"(recipes: {have})")
     k = iwae_k if iwae_k is not None else (QUICK_IWAE_K if quick else IWAE_K)
     n_iwae = iwae_images if iwae_images is not None else (QUICK_IWAE_IMAGES if quick else IWAE_IMAGES)
     if k < 1 or n_iwae < 1:
@@ -162,8 +166,9 @@ def plan(settings: Settings, base: RunConfig | None = None) -> list[RunSpec]:
             recipe = recipe_name(latent_dim) if settings.recipe else None
             if recipe:  # its own budget (300 epochs), except under --quick, which tries the pipeline
                 config = dataclasses.replace(base, **PRESETS[recipe], seed=seed, preset=recipe)
-                if settings.quick:
-                    config = dataclasses.replace(config, epochs=settings.epochs)
+                if settings.quick:  # the warm-up shrinks with the budget: the same share of the run
+                    config = dataclasses.replace(config, epochs=settings.epochs, warmup=round(
+                        config.warmup * settings.epochs / config.epochs))
                 specs.append(RunSpec(config, settings.train_images))
     return specs
 
