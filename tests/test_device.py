@@ -82,5 +82,6 @@ def test_kept_memory_is_reused_without_page_faults():
         done = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
         return float(done.stdout)
 
-    assert faults("keep") < faults("plain") / 10  # page faults a step, counted by the kernel, not timed
-    # (measured on the default VAE: about 25 against 500-1000)
+    assert faults("keep") < faults("plain") / 4  # page faults a step, counted by the kernel, not timed
+    # (measured on the default VAE: about 25 against 500-1000 on idle cores; 90 against 649 once on cores
+    # shared with other training, so the margin is 4x: without the setting the two are about equal)
