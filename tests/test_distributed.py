@@ -154,6 +154,11 @@ def test_iwae_noise_and_a_learned_prior_split_over_ranks_like_the_images(mnist_r
     assert double.returncode == 0, double.stderr
     one, two = newest_model(tmp_path / "one"), newest_model(tmp_path / "two")
     assert "model.prior.means" in one
-    assert largest_relative_difference(one, two) < 1e-5
+    # Not 1e-5 as above: Adam's first steps move a weight by about lr·sign(g) however small g is, and the
+    # gradients of rarely lit border pixels are sums that nearly cancel, so the order one process and two
+    # ranks sum them in flips a few. With torch's MKL kernel on an AMD EPYC (Zen 3) that gave 1.2e-4
+    # (8 of the first layer's 50176 weights); noise not sharded like the images (each rank taking the
+    # first rows of it) gave 0.23.
+    assert largest_relative_difference(one, two) < 1e-3
     assert read_metrics(tmp_path / "two")[-1]["train_loss"] == pytest.approx(
         read_metrics(tmp_path / "one")[-1]["train_loss"], rel=1e-5)
