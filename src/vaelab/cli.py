@@ -346,10 +346,10 @@ def reproduce(
         "minutes per seed and latent dimension on 2 cores, so about 2 hours at the default seeds and latent "
         "dimensions) for each latent dimension that has one, and put it in the tables next to the published "
         "numbers")] = False,
-    workers: Annotated[int, typer.Option(
-        click_type=whole(1), help="Train the runs in N local worker processes, each with its "
-                                         "share of the cores  [default: 1, one after another]",
-                                         show_default=False)] = 1,
+    workers: Annotated[int | None, typer.Option(
+        click_type=whole(1), help="Train the runs in N local worker processes, each with its share of the "
+        "cores (1: one after another in this process)  [default: 2 on a CPU with 2 or more cores, else 1]",
+        show_default=False)] = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="[ADDRESS]", help="Train the runs as Ray tasks on the Ray cluster at ADDRESS; without "
         "ADDRESS, on a Ray started on this machine (pip install 'vaelab[ray]')")] = None,
@@ -364,12 +364,13 @@ def reproduce(
 ) -> None:
     """The paper's experiment end to end: PCA, autoencoder and VAEs for latent 1 and 2, several seeds;
     results table, figures and an HTML report in OUT. Finished runs are reused unless --force."""
-    from .reproduce import Executor, make_settings, parse_latent_dims
+    from .reproduce import Executor, default_executor, make_settings, parse_latent_dims
     from .reproduce import reproduce as run_reproduce
 
-    if ray is not None and workers != 1:
+    if ray is not None and workers is not None:
         raise UsageProblem("--workers and --ray are two ways to run the same runs: choose one")
     executor = (Executor("ray", address=None if ray == RAY_HERE else ray) if ray is not None
+                else default_executor(device) if workers is None
                 else Executor("processes", workers=workers) if workers > 1 else Executor())
     settings = make_settings(quick=quick, epochs=epochs, seeds=seeds, latent_dims=parse_latent_dims(latent_dims),
                              iwae_k=iwae_k, iwae_images=iwae_images, recipe=recipe)

@@ -19,6 +19,7 @@ from .objectives import LIKELIHOOD_NAMES, bits_per_dim, evaluate_objective
 from .progress import to_stderr
 from .runfiles import EVALUATION_FILE, read_json, write_json
 from .training import NonFiniteLossError, check_precision
+from .version import __version__
 
 
 class NonFiniteResultError(NonFiniteLossError):
@@ -52,7 +53,12 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     if classifier and config.dataset not in SPECS:
         raise ValueError(f"--classifier scores need a classifier trained on the dataset; vaelab has them for "
                          f"{', '.join(SPECS)}, not for {config.dataset}")
-    result = {"epoch": meta.get("epoch"), "precision": precision}
+    # What was asked, so that a caller can tell whether this file already answers its own question; the
+    # merged file's other keys may be older, so a caller compares the whole request (`reusable`).
+    request = {"version": __version__, "epoch": meta.get("epoch"), "nll": list(estimators), "k": k,
+               "nll_images": nll_images, "iwae_images": iwae_images, "classifier": classifier,
+               "classifier_images": classifier_images, "precision": precision}
+    result = {"epoch": meta.get("epoch"), "precision": precision, "request": request}
     if config.model != "pca":  # what the loss's reconstruction term is: −log p(x|z) under this likelihood
         result["pixel_likelihood"] = {"name": config.likelihood, "description": LIKELIHOOD_NAMES[config.likelihood],
                                       "dimensions": config.n_pixels}

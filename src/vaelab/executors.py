@@ -12,10 +12,13 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 
 Outcome = tuple[str, object]
+STOP_GRACE_SECONDS = 10.0
 
 
 def threads_per_job(workers: int) -> int:
@@ -28,6 +31,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _child(fn: Callable, job: tuple, conn) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignoring it (`_start`); Ctrl-C from here on
     try:
         conn.send(("ok", fn(*job)))
     except KeyboardInterrupt:
@@ -46,6 +50,19 @@ def _received(receive) -> Outcome | None:
         return None
 
 
+def _start(process: multiprocessing.Process) -> None:
+    """Start `process` with Ctrl-C ignored until its job begins: a fresh interpreter interrupted while it
+    imports prints a traceback of its own, next to the one line the caller gives."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
+        process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Outcome]]:
     """fn(*job) in at most `workers` fresh local processes at a time (spawned: no state shared with
     this one). A process that dies (killed, out of memory) is reported with its signal."""
@@ -60,7 +77,7 @@ def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tup
                 i = waiting.pop(0)
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_child, args=(fn, jobs[i], send), daemon=True)
-                process.start()
+                _start(process)
                 send.close()
                 running[process.sentinel] = (i, process, receive)
             for sentinel in multiprocessing.connection.wait(list(running)):
@@ -74,10 +91,15 @@ def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tup
                            else f"exit code {code}")
                     outcome = ("error", f"its worker process died ({how})")
                 yield i, outcome
-    finally:
-        for _, process, _ in running.values():  # interrupted: stop the rest (their checkpoints stay)
-            process.terminate()
-            process.join()
+    finally:  # interrupted: stop the rest (their checkpoints stay)
+        # Ctrl-C reaches the workers too (one process group): a short grace lets each save its checkpoint and
+        # exit by itself (a terminated one leaves its semaphores to a warning); the rest are terminated.
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for _, process, _ in running.values():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join()
 
 
 def ray(fn: Callable, jobs: Sequence[tuple], address: str | None, cpus_per_job: int) -> Iterator[tuple[int, Outcome]]:
