@@ -11,13 +11,17 @@ seconds per epoch. Runs one after another, so the timings compare on an otherwis
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
+import torch
+
 from vaelab.config import RunConfig
 from vaelab.data import load_data
+from vaelab.device import cpu_model
 from vaelab.training import train
 
 
@@ -30,6 +34,8 @@ def main() -> None:
     parser.add_argument("--batch-size", default="128", help="comma-separated values")
     parser.add_argument("--lr", default="1e-3", help="comma-separated values")
     parser.add_argument("--hidden", default="512,256", help="';'-separated width lists, e.g. '512,256;256,128'")
+    parser.add_argument("--lr-schedule", default="constant", help="comma-separated values (constant, cosine)")
+    parser.add_argument("--model", default="vae", help="vae or autoencoder")
     parser.add_argument("--objective", default="paper")
     parser.add_argument("--latent-dim", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
@@ -39,25 +45,27 @@ def main() -> None:
                         help="held-out images (the last of the official training set)")
     args = parser.parse_args()
     data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
-    print(f"{args.objective} objective, latent {args.latent_dim}, {args.epochs} epochs, seeds {args.seeds}")
-    print(f"{'hidden':>10} {'batch':>6} {'lr':>7} {'min valid loss':>15} {'sd':>5} {'s/epoch':>8}")
-    for hidden in args.hidden.split(";"):
-        for batch_size in numbers(args.batch_size, int):
-            for lr in numbers(args.lr, float):
-                losses, seconds = [], []
-                for seed in numbers(args.seeds, int):
-                    config = RunConfig(model="vae", objective=args.objective, latent_dim=args.latent_dim,
-                                       hidden=tuple(numbers(hidden, int)), epochs=args.epochs,
-                                       batch_size=batch_size, lr=lr, seed=seed,
-                                       valid_size=args.valid_size)
-                    with tempfile.TemporaryDirectory() as tmp:
-                        result = train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
-                        timing = (Path(tmp) / "run" / "timing.jsonl").read_text().splitlines()
-                    losses.append(result.best_valid_loss)
-                    seconds += [json.loads(line)["seconds"] for line in timing]
-                sd = statistics.stdev(losses) if len(losses) > 1 else float("nan")
-                print(f"{hidden:>10} {batch_size:>6} {lr:>7g} {statistics.mean(losses):15.2f} {sd:5.2f} "
-                      f"{statistics.median(seconds):8.2f}", flush=True)
+    print(f"{cpu_model()}, {torch.get_num_threads()} threads; {args.model}, {args.objective} objective, "
+          f"latent {args.latent_dim}, {args.epochs} epochs, seeds {args.seeds}")
+    print(f"{'hidden':>10} {'batch':>6} {'lr':>7} {'schedule':>9} {'min valid loss':>15} {'sd':>5} "
+          f"{'s/epoch':>8}  per seed")
+    cells = itertools.product(args.hidden.split(";"), numbers(args.batch_size, int), numbers(args.lr, float),
+                              args.lr_schedule.split(","))
+    for hidden, batch_size, lr, schedule in cells:
+        losses, seconds = [], []
+        for seed in numbers(args.seeds, int):
+            config = RunConfig(model=args.model, objective=args.objective, latent_dim=args.latent_dim,
+                               hidden=tuple(numbers(hidden, int)), epochs=args.epochs,
+                               batch_size=batch_size, lr=lr, lr_schedule=schedule, seed=seed,
+                               valid_size=args.valid_size)
+            with tempfile.TemporaryDirectory() as tmp:
+                result = train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
+                timing = (Path(tmp) / "run" / "timing.jsonl").read_text().splitlines()
+            losses.append(result.best_valid_loss)
+            seconds += [json.loads(line)["seconds"] for line in timing]
+        sd = statistics.stdev(losses) if len(losses) > 1 else float("nan")
+        print(f"{hidden:>10} {batch_size:>6} {lr:>7g} {schedule:>9} {statistics.mean(losses):15.2f} {sd:5.2f} "
+              f"{statistics.median(seconds):8.2f}  {' '.join(f'{v:.2f}' for v in losses)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import FAKE_TEST, FAKE_VALID
 from vaelab.config import RunConfig
-from vaelab.evaluate import evaluate_run
+from vaelab.evaluate import evaluate_run, saved_evaluation
 from vaelab.runfiles import read_metrics
 from vaelab.training import train
 
@@ -39,6 +39,25 @@ def test_later_evaluations_merge_into_the_file(run, fake_mnist):
     again = evaluate_run(run, data_dir=fake_mnist, device="cpu", nll="iwae", k=3, iwae_images=10,
                          log=lambda _: None)
     assert "exact" not in again["likelihood"] and again["likelihood"]["iwae"]["images"] == 10  # replaced
+
+
+def test_a_saved_evaluation_counts_only_for_the_same_request_on_the_same_checkpoint(run, fake_mnist):
+    asked = {"nll": "iwae", "k": 3, "iwae_images": 10}
+    assert saved_evaluation(run, **asked) is None  # nothing evaluated yet
+    result = evaluate_run(run, data_dir=fake_mnist, device="cpu", log=lambda _: None, **asked)
+    assert saved_evaluation(run, **asked) == result
+    assert saved_evaluation(run, nll="iwae", k=4, iwae_images=10) is None  # another question
+    assert saved_evaluation(run, **asked, precision="bfloat16") is None
+    path = run / "evaluation.json"
+    older = json.loads(path.read_text())
+    older["request"].pop("format")  # written before requests had a format: scored again
+    path.write_text(json.dumps(older))
+    assert saved_evaluation(run, **asked) is None
+    path.write_text(json.dumps(result))
+    best = min(read_metrics(run), key=lambda r: r["valid_loss"])["epoch"]
+    result["request"]["epoch"] = best + 1  # the run has another best checkpoint now
+    path.write_text(json.dumps(result))
+    assert saved_evaluation(run, **asked) is None
 
 
 def test_unknown_estimators_are_refused_before_any_work(run, fake_mnist):

@@ -2,6 +2,7 @@
 process gives, byte for byte; a failing or killed run is reported while the others finish."""
 
 import dataclasses
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -34,8 +35,50 @@ def test_worker_processes_report_failures_and_deaths_while_the_others_finish():
     assert outcomes[2] == ("error", "its worker process died (killed by signal SIGKILL)")
 
 
+def stops_when_asked(marker: str) -> str:
+    """A job for the executor tests: "" returns at once; else it leaves `marker`.running, waits for Ctrl-C
+    (SIGINT), then leaves `marker`.stopped and returns."""
+    if not marker:
+        return "done"
+    Path(marker + ".running").touch()
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        Path(marker + ".stopped").touch()
+    return "stopped"
+
+
+def test_a_caller_that_stops_early_asks_the_running_workers_to_stop(tmp_path):
+    markers = [str(tmp_path / "a"), str(tmp_path / "b")]
+    outcomes = executors.processes(stops_when_asked, [("",), (markers[0],), (markers[1],)], workers=3)
+    assert next(outcomes) == (0, ("ok", "done"))  # (the caller's loop then ends early: a bug, a break)
+    deadline = time.monotonic() + 60
+    while not all(Path(m + ".running").exists() for m in markers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    outcomes.close()
+    # each got SIGINT and ended by itself (a terminated one leaves no marker), well before the grace ran out
+    assert all(Path(m + ".stopped").exists() for m in markers)
+    assert time.monotonic() - started < executors.STOP_GRACE_SECONDS
+
+
+def test_a_ctrl_c_while_a_worker_starts_stops_its_job_before_it_begins(tmp_path):
+    """Blocked, not ignored, while the fresh interpreter imports: no traceback from it, and no job that goes on
+    as if no Ctrl-C had come."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    marker = tmp_path / "job"
+    process = context.Process(target=executors._child, args=(stops_when_asked, (str(marker),), send), daemon=True)
+    executors._start(process)
+    send.close()
+    os.kill(process.pid, signal.SIGINT)  # (it is still importing torch)
+    process.join(60)
+    assert not process.is_alive() and receive.recv() == ("error", "interrupted") and process.exitcode == 0
+    assert not Path(str(marker) + ".running").exists()
+
+
 def test_each_worker_gets_its_share_of_the_cores():
-    cores = os.cpu_count() or 1
+    cores = executors.available_cores()
     assert executors.threads_per_job(1) == cores and executors.threads_per_job(cores * 4) == 1
     with pytest.raises(ValueError, match="--workers must be >= 1"):
         list(executors.processes(toy, [(1,)], workers=0))
@@ -77,10 +120,10 @@ def test_executors_train_the_runs_one_process_trains(executor, specs, serial_run
 
 
 def test_reproduce_trains_in_two_workers_by_default_on_a_cpu_with_two_cores(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert default_executor("cpu") == Executor("processes", workers=2)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert default_executor("cpu") == Executor()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert executors.available_cores() == 2 and default_executor("cpu") == Executor("processes", workers=2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # (a machine of 8 cores lets this run on one)
+    assert executors.available_cores() == 1 and default_executor("cpu") == Executor()
 
 
 def test_ctrl_c_stops_the_workers_and_the_same_command_goes_on(mnist_root, tmp_path):

@@ -348,7 +348,8 @@ def reproduce(
         "numbers")] = False,
     workers: Annotated[int | None, typer.Option(
         click_type=whole(1), help="Train the runs in N local worker processes, each with its share of the "
-        "cores (1: one after another in this process)  [default: 2 on a CPU with 2 or more cores, else 1]",
+        "cores (1: one after another in this process)  [default: 2 when training on a CPU with 2 or more "
+        "cores; 1 on a GPU or a single core]",
         show_default=False)] = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="[ADDRESS]", help="Train the runs as Ray tasks on the Ray cluster at ADDRESS; without "

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .checkpoint import load_trained
+from .checkpoint import load_tensors, load_trained
 from .classifier import load_classifier, realism
 from .config import IWAE_K
 from .data import SPECS, PixelData, load_data
@@ -17,13 +17,38 @@ from .likelihood import measure, parse_estimators
 from .models import model_device
 from .objectives import LIKELIHOOD_NAMES, bits_per_dim, evaluate_objective
 from .progress import to_stderr
-from .runfiles import EVALUATION_FILE, read_json, write_json
+from .runfiles import EVALUATION_FILE, MODEL_FILE, read_json, write_json
 from .training import NonFiniteLossError, check_precision
 from .version import __version__
 
 
 class NonFiniteResultError(NonFiniteLossError):
     """An evaluation came out NaN or infinite; the message names the split and the term."""
+
+
+REQUEST_FORMAT = 1  # (raise it when the request's keys or meaning change: older files are then re-scored)
+
+
+def _request(epoch: int | None, *, nll: str | Sequence[str] | None = None, k: int = IWAE_K,
+             nll_images: int | None = None, iwae_images: int | None = None, classifier: bool = False,
+             classifier_images: int = 1000, precision: str = "float32") -> dict:
+    """What `evaluate_run` is asked for the checkpoint of `epoch` (saved as "request" in evaluation.json)."""
+    return {"format": REQUEST_FORMAT, "version": __version__, "epoch": epoch,
+            "nll": list(parse_estimators(nll)) if nll is not None else [], "k": k, "nll_images": nll_images,
+            "iwae_images": iwae_images, "classifier": classifier, "classifier_images": classifier_images,
+            "precision": precision}
+
+
+def saved_evaluation(run_dir: str | Path, **options) -> dict | None:
+    """The run's evaluation.json if the last `evaluate_run` on it was asked exactly `options` (its keyword
+    arguments past `data`) for the checkpoint it holds now, else None. The merged file's other keys may
+    be older, so only the whole request counts."""
+    path = Path(run_dir) / EVALUATION_FILE
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    epoch = load_tensors(Path(run_dir) / MODEL_FILE)[1].get("epoch")
+    return saved if saved.get("request") == _request(epoch, **options) else None
 
 
 def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir: str | Path | None = None,
@@ -53,12 +78,9 @@ def evaluate_run(run_dir: str | Path, *, data: PixelData | None = None, data_dir
     if classifier and config.dataset not in SPECS:
         raise ValueError(f"--classifier scores need a classifier trained on the dataset; vaelab has them for "
                          f"{', '.join(SPECS)}, not for {config.dataset}")
-    # What was asked, so that a caller can tell whether this file already answers its own question; the
-    # merged file's other keys may be older, so a caller compares the whole request (`reusable`).
-    request = {"version": __version__, "epoch": meta.get("epoch"), "nll": list(estimators), "k": k,
-               "nll_images": nll_images, "iwae_images": iwae_images, "classifier": classifier,
-               "classifier_images": classifier_images, "precision": precision}
-    result = {"epoch": meta.get("epoch"), "precision": precision, "request": request}
+    request = _request(meta.get("epoch"), nll=nll, k=k, nll_images=nll_images, iwae_images=iwae_images,
+                       classifier=classifier, classifier_images=classifier_images, precision=precision)
+    result = {"epoch": meta.get("epoch"), "precision": precision, "request": request}  # (`saved_evaluation`)
     if config.model != "pca":  # what the loss's reconstruction term is: −log p(x|z) under this likelihood
         result["pixel_likelihood"] = {"name": config.likelihood, "description": LIKELIHOOD_NAMES[config.likelihood],
                                       "dimensions": config.n_pixels}

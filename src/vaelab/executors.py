@@ -12,7 +12,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +20,16 @@ Outcome = tuple[str, object]
 STOP_GRACE_SECONDS = 10.0
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container or `taskset` may allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def threads_per_job(workers: int) -> int:
-    """Each of `workers` concurrent jobs gets its share of this machine's cores (at least one)."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    """Each of `workers` concurrent jobs gets its share of the available cores (at least one)."""
+    return max(1, available_cores() // workers)
 
 
 def _describe(error: BaseException) -> str:
@@ -31,8 +37,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _child(fn: Callable, job: tuple, conn) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignoring it (`_start`); Ctrl-C from here on
     try:
+        # Started with SIGINT blocked (`_start`): a Ctrl-C that came while this process imported is delivered
+        # here, inside the try, so it ends the job before it begins.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         conn.send(("ok", fn(*job)))
     except KeyboardInterrupt:
         conn.send(("error", "interrupted"))
@@ -51,16 +59,32 @@ def _received(receive) -> Outcome | None:
 
 
 def _start(process: multiprocessing.Process) -> None:
-    """Start `process` with Ctrl-C ignored until its job begins: a fresh interpreter interrupted while it
-    imports prints a traceback of its own, next to the one line the caller gives."""
-    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
-        process.start()
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Start `process` with SIGINT blocked until its job begins (`_child`): a fresh interpreter interrupted
+    while it imports prints a traceback of its own, next to the one line the caller gives. Blocked, not
+    ignored: a Ctrl-C in that time stays pending and stops the job as soon as it starts. (The mask is
+    this thread's, inherited by the spawned interpreter; this process still gets its own Ctrl-C.)"""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         process.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop(running: list[multiprocessing.Process], *, ask: bool) -> None:
+    """Stop the running workers: each gets STOP_GRACE_SECONDS to save its checkpoint and exit by itself (a
+    terminated one leaves its semaphores to a warning), then is terminated. A Ctrl-C in a terminal has
+    already reached them (one process group); otherwise (`ask`) each is sent SIGINT here, once: a second
+    one would interrupt its checkpoint."""
+    if ask:
+        for process in running:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in running:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join()
 
 
 def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Outcome]]:
@@ -91,21 +115,20 @@ def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tup
                            else f"exit code {code}")
                     outcome = ("error", f"its worker process died ({how})")
                 yield i, outcome
-    finally:  # interrupted: stop the rest (their checkpoints stay)
-        # Ctrl-C reaches the workers too (one process group): a short grace lets each save its checkpoint and
-        # exit by itself (a terminated one leaves its semaphores to a warning); the rest are terminated.
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for _, process, _ in running.values():
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.terminate()
-                process.join()
+    except KeyboardInterrupt:  # Ctrl-C (here, or thrown in by the caller): the workers got it too
+        _stop([process for _, process, _ in running.values()], ask=False)
+        raise
+    except BaseException:  # the caller stopped early (GeneratorExit) or this failed: ask the workers to stop
+        _stop([process for _, process, _ in running.values()], ask=True)
+        raise
 
 
 def ray(fn: Callable, jobs: Sequence[tuple], address: str | None, cpus_per_job: int) -> Iterator[tuple[int, Outcome]]:
     """fn(*job) as Ray tasks: on the cluster at `address`, or on a local Ray started here (None).
 
-    Tasks are not retried (a killed task is reported, and its run resumes on the next call)."""
+    Tasks are not retried (a killed task is reported, and its run resumes on the next call). Stopped
+    early (Ctrl-C), the unfinished tasks are cancelled: a running one gets KeyboardInterrupt and keeps its
+    last checkpoint."""
     try:
         import ray as ray_
     except ImportError:
@@ -113,6 +136,7 @@ def ray(fn: Callable, jobs: Sequence[tuple], address: str | None, cpus_per_job: 
     started_here = not ray_.is_initialized()
     if started_here:
         ray_.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    pending: dict = {}
     try:
         task = ray_.remote(num_cpus=cpus_per_job, max_retries=0)(fn)
         pending = {task.remote(*job): i for i, job in enumerate(jobs)}
@@ -126,5 +150,7 @@ def ray(fn: Callable, jobs: Sequence[tuple], address: str | None, cpus_per_job: 
                     cause = getattr(e, "cause", None)
                     yield i, ("error", _describe(cause) if isinstance(cause, BaseException) else _describe(e))
     finally:
+        for ref in pending:  # (none left after a normal end)
+            ray_.cancel(ref)
         if started_here:
             ray_.shutdown()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import executors
 from . import figures as figs
-from .checkpoint import checkpoint_paths, load_tensors, load_trained
+from .checkpoint import checkpoint_paths, load_trained
 from .config import (
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
@@ -47,20 +47,17 @@ from .config import (
 )
 from .data import SPECS, DataError, PixelData, load_data, with_source
 from .device import resolve_device
-from .evaluate import evaluate_run
+from .evaluate import evaluate_run, saved_evaluation
 from .explorer import write_explorer
-from .likelihood import parse_estimators
 from .models import decode_to_pixels, encode_mean, quantile_grid, sample_images
 from .progress import to_stderr
 from .report import Setup, write_report
 from .runfiles import (
     CONFIG_FILE,
-    EVALUATION_FILE,
     MODEL_FILE,
     TIMING_FILE,
     CheckpointError,
     load_config,
-    read_json,
     read_metrics,
     write_json,
 )
@@ -261,13 +258,10 @@ def evaluate_for_table(run_dir: Path, *, data: PixelData, device: str = "auto", 
     options = {"nll": "exact,iwae" if config.latent_dim <= 2 else "iwae", "k": s.iwae_k, "nll_images": s.nll_images,
                "iwae_images": s.iwae_images, "classifier": config.dataset in SPECS,  # (classifiers: MNIST-format)
                "classifier_images": s.realism_images}
-    if reuse and (run_dir / EVALUATION_FILE).exists():
-        saved = read_json(run_dir / EVALUATION_FILE)
-        asked = {**options, "nll": list(parse_estimators(options["nll"])), "version": __version__,
-                 "epoch": (saved.get("request") or {}).get("epoch"), "precision": "float32"}
-        if saved.get("request") == asked and asked["epoch"] == load_tensors(run_dir / MODEL_FILE)[1].get("epoch"):
-            log(f"{run_dir.name}: its evaluation.json already holds these scores (reused)")
-            return saved
+    saved = saved_evaluation(run_dir, **options) if reuse else None
+    if saved is not None:
+        log(f"{run_dir.name}: its evaluation.json already holds these scores (reused)")
+        return saved
     return evaluate_run(run_dir, data=data, device=device, data_dir=data_dir, bar=False, log=log, **options)
 
 
@@ -564,7 +558,7 @@ AUTO_WORKERS = 2
 def default_executor(device: str = "auto") -> Executor:
     """`vaelab reproduce` without --workers or --ray: AUTO_WORKERS local workers on a CPU with at least that
     many cores (each with its share of them), else one process (a GPU, or one core)."""
-    if resolve_device(device).type == "cpu" and (os.cpu_count() or 1) >= AUTO_WORKERS:
+    if resolve_device(device).type == "cpu" and executors.available_cores() >= AUTO_WORKERS:
         return Executor("processes", workers=AUTO_WORKERS)
     return Executor()
 
@@ -635,11 +629,17 @@ def _train_in_parallel(specs: list[RunSpec], runs_dir: Path, units: list[int], e
             else:
                 failures.append((name, str(value)))
                 bar.failed(i, name, str(value))
-    except KeyboardInterrupt:  # (the executor's own clean-up has stopped its workers by now)
+    except KeyboardInterrupt:
+        try:  # the executor stops its workers (they got the Ctrl-C too), if it was not what raised this
+            outcomes.throw(KeyboardInterrupt)
+        except KeyboardInterrupt:
+            pass
         where = {"processes": "worker processes", "ray": "Ray tasks"}[executor.kind]
         raise TrainingInterrupted(f"interrupted while training in {where} (each run keeps its last "
                                   f"checkpoint); to continue every run, give the same command again: "
                                   f"{command}") from None
+    finally:  # (anything else that stops this loop asks the workers to stop and waits for them)
+        outcomes.close()
     return failures
 
 
