@@ -108,13 +108,13 @@ def test_help_prints_defaults_plainly(command, capsys):
 def test_preset_expands_explicit_options_override_and_the_name_is_recorded(fake_mnist, tmp_path, capsys):
     run_dir = tmp_path / "best"
     code, out, err = run(["train", "--preset", "z2-best", "--k", 2, "--prior", "mog:3", "--hidden", "16",
-                          "--epochs", 2, "--warmup", 1, "--valid-size", FAKE_VALID, "--data-dir", fake_mnist,
-                          "--out", run_dir], capsys)
+                          "--batch-size", 50, "--epochs", 2, "--warmup", 1, "--valid-size", FAKE_VALID,
+                          "--data-dir", fake_mnist, "--out", run_dir], capsys)
     assert code == 0, err
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert (config["preset"], config["objective"], config["k"], config["prior"], config["lr_schedule"],
-            config["warmup"], config["epochs"], config["latent_dim"]) == ("z2-best", "iwae", 2, "mog:3", "cosine",
-                                                                           1, 2, 2)
+            config["warmup"], config["epochs"], config["latent_dim"], config["batch_size"]) == (
+        "z2-best", "iwae", 2, "mog:3", "cosine", 1, 2, 2, 50)
     code, out, err = run(["evaluate", run_dir, "--nll", "exact", "--data-dir", fake_mnist], capsys)
     assert code == 0, err
     assert "p(z) = mog:3 (learned)" in out and "exact NLL" in out

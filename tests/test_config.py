@@ -8,7 +8,7 @@ from vaelab.config import ConfigError, RunConfig, parse_hidden
 def test_defaults_are_the_papers_vae():
     c = RunConfig()
     assert (c.model, c.objective, c.latent_dim, c.hidden) == ("vae", "paper", 2, (512, 256))
-    assert (c.batch_size, c.lr, c.binarize, c.n_pixels) == (512, 2e-3, "dynamic", 784)
+    assert (c.batch_size, c.lr, c.binarize, c.n_pixels) == (128, 2e-3, "dynamic", 784)
 
 
 def test_dict_round_trip_and_unknown_fields():
