@@ -1,7 +1,8 @@
 """What `--precision bfloat16` does: epoch time, validation loss and exact test NLL against float32, over seeds.
 
 Run on demand (not in CI), on a CPU with native bfloat16 (AVX-512 BF16 or AMX):
-    VAELAB_DATA=../shared/data .venv/bin/python benchmarks/precision_study.py [--epochs 20] [--seeds 3]
+    VAELAB_DATA=../shared/data .venv/bin/python benchmarks/precision_study.py \
+        [--epochs 20] [--seeds 3] [--batch-size 512]
 Trains the default VAE (paper objective, latent 2, the paper's budget) once per seed and precision, in one
 process, alternating the two so that a drift in the machine's speed hits both alike. Each run's best
 checkpoint is then scored by `vaelab evaluate` in float32 (validation loss, exact test NLL), so the two
@@ -39,19 +40,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=RunConfig.epochs)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     if not native_bfloat16(torch.device("cpu")):
         raise SystemExit(f"{cpu_model()} has no native bfloat16 (AVX-512 BF16 or AMX): nothing to compare")
     data = load_data(RunConfig(), args.data_dir)
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"linear kernel {preferred_kernel()}; default VAE (paper objective, latent 2), {args.epochs} epochs, "
-          f"{args.seeds} seeds")
+          f"linear kernel {preferred_kernel()}; default VAE (paper objective, latent 2), batch {args.batch_size}, "
+          f"{args.epochs} epochs, {args.seeds} seeds")
     rows: dict[str, list[dict]] = {p: [] for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for precision in PRECISIONS:
-                config = RunConfig(epochs=args.epochs, seed=seed, precision=precision)
+                config = RunConfig(epochs=args.epochs, seed=seed, precision=precision, batch_size=args.batch_size)
                 run = Path(tmp) / f"{precision}-s{seed}"
                 result = train(config, run, data=data, progress=False, log=lambda _: None)
                 seconds = [json.loads(line)["seconds"] for line in (run / "timing.jsonl").read_text().splitlines()]
