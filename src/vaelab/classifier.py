@@ -117,7 +117,7 @@ def accuracy(model: Classifier, splits: Splits) -> float:
 
 def load_classifier(dataset: str = "mnist", data_dir: str | Path | None = None, *,
                     log: Callable[[str], None] = _log) -> tuple[Classifier, dict]:
-    """The cached classifier for `dataset` (trained and cached on first use); prints its accuracy."""
+    """The cached classifier for `dataset` (trained and cached on first use, its accuracy then printed)."""
     weights, record_path = cache_paths(dataset)
     model = Classifier()
     try:
@@ -135,7 +135,9 @@ def load_classifier(dataset: str = "mnist", data_dir: str | Path | None = None, 
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(weights, model.state_dict(), {"kind": "classifier", "recipe": RECIPE, "record": record})
         write_json(record_path, {"dataset": dataset, "recipe": RECIPE, **record})
-    log(f"{dataset} classifier: test accuracy {100 * record['test_accuracy']:.2f}%")
+        # Said once, when trained: `reproduce` loads the cached one for every run it scores, and each
+        # run's scores already name the accuracy (`summary_lines`).
+        log(f"{dataset} classifier: test accuracy {100 * record['test_accuracy']:.2f}%")
     return model, record
 
 
