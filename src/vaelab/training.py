@@ -321,9 +321,7 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     data = data.to(device)
     if device.type == "cpu":
         keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
-        if flush_denormals() is False:  # Adam's decaying moments: up to 1.7x slower epochs without it
-            log("note: subnormal floats are flushed to zero on only some of torch's threads (its OpenMP "
-                "runtime is not libgomp or libomp), so epochs may slow down after the first few")
+        flush_denormals()  # Adam's moments of dead units decay into subnormals: 1.7x slower epochs on x86
     if isinstance(model, PCA):
         if world.distributed:
             raise ConfigError("PCA is fit in closed form in one process; run it without torchrun")
