@@ -145,7 +145,7 @@ def main() -> None:
                         help="held-out images (the last of the official training set)")
     args = parser.parse_args()
     # 6 epochs: from about step 700 on, Adam's moments of dead units decay into subnormal floats, which
-    # are slow wherever they are not flushed (device.flush_denormals); the median takes epochs 2..6
+    # are slow wherever they are not flushed (device.subnormals_flushed); the median takes epochs 2..6
     config = RunConfig(model="vae", objective="elbo", latent_dim=2, epochs=6, batch_size=args.batch_size,
                        binarize="none", valid_size=args.valid_size)
     data = load_data(config, args.data_dir)

@@ -88,32 +88,43 @@ def test_kept_memory_is_reused_without_page_faults():
 
 
 # A fresh interpreter whose torch thread pool is started by other work first (its threads then keep
-# their own floating-point mode), then `flush_denormals` directly or through `train`.
+# their own floating-point mode): subnormals counted inside `subnormals_flushed` (directly, or while
+# `train` runs its epochs) and after it.
 SUBNORMALS = """
 import sys, tempfile, torch
 torch.set_num_threads(2)
 subnormal = torch.ones(1 << 20, dtype=torch.int32).view(torch.float32)  # bits 0x00000001: 1.4e-45
-(torch.rand(1 << 22) * 2).sum()  # the user's own torch work first: the pool is running
-assert (subnormal * 2.0).count_nonzero() > 0  # subnormal arithmetic, as on every CPU by default
+def left():
+    return int((subnormal * 2.0).count_nonzero())  # both threads' halves
+(torch.rand(1 << 22) * 2).sum()  # the caller's own torch work first: the pool is running
+assert left() == 1 << 20  # IEEE arithmetic, as on every CPU by default
+inside = []
 if sys.argv[1] == "direct":
-    from vaelab.device import flush_denormals
-    assert flush_denormals() is True
+    from vaelab.device import subnormals_flushed
+    with subnormals_flushed() as reached:
+        assert reached is True
+        inside.append(left())
 else:
+    import vaelab.training as training
     from vaelab.config import RunConfig
     from vaelab.data import Splits, pixel_data
-    from vaelab.training import train
+    epochs = training._epochs
+    def spy(*args, **kwargs):
+        inside.append(left())
+        return epochs(*args, **kwargs)
+    training._epochs = spy
     x, y = (torch.rand(96, 784) * 255).to(torch.uint8), torch.zeros(96, dtype=torch.int64)
     data = pixel_data(Splits(x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:]))
     config = RunConfig(model="vae", hidden=(16,), epochs=1, batch_size=32, valid_size=16)
     with tempfile.TemporaryDirectory() as tmp:
-        train(config, tmp + "/run", data=data, device="cpu", progress=False, log=print)
-print(int((subnormal * 2.0).count_nonzero()))  # both threads' halves
+        training.train(config, tmp + "/run", data=data, device="cpu", progress=False, log=lambda _: None)
+print(inside, left())
 """
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="FTZ/DAZ are x86's flags")
 @pytest.mark.parametrize("way", ["direct", "train"])
-def test_subnormals_are_flushed_on_every_thread_even_after_torch_started_its_pool(way):
+def test_subnormals_are_flushed_on_every_thread_while_training_and_kept_after(way):
     done = subprocess.run([sys.executable, "-c", SUBNORMALS, way], capture_output=True, text=True, check=True)
-    lines = done.stdout.split("\n")
-    assert lines[-2] == "0", done.stdout  # 524288 where only the calling thread flushes, 1048576 where none
+    # inside: 0 (524288 where only the calling thread flushed); after: IEEE again in every thread
+    assert done.stdout.split("\n")[-2] == f"[0] {1 << 20}", done.stdout

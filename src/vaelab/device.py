@@ -3,10 +3,12 @@ bfloat16 natively; keeping freed CPU memory for reuse; and flushing subnormal fl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -101,44 +103,53 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def flush_denormals() -> bool | None:
-    """Have the CPU treat subnormal floats (below 1.2e-38 in float32) as zero in every thread torch
-    computes on. True when an elementwise op spread over all of torch's threads then flushes (measured);
-    False when only some do (an OpenMP runtime vaelab cannot reach, see _flush_in_openmp_threads); None
-    where the CPU cannot (torch.set_flush_denormal: x86 with SSE3, ARM).
+@contextlib.contextmanager
+def subnormals_flushed() -> Iterator[bool | None]:
+    """While inside, the CPU treats subnormal floats (below 1.2e-38 in float32) as zero in every thread
+    torch computes on; on leaving, each thread's mode is set back (other code in the process, a caller's
+    own tests included, keeps IEEE arithmetic). Yields True when an elementwise op spread over all of
+    torch's threads flushes (measured), False when only some do (an OpenMP runtime other than libgomp or
+    libomp), None where the CPU cannot (torch.set_flush_denormal: x86 with SSE3, ARM).
 
     Why: Adam's first moment of a weight whose gradient has become zero (the weights of a ReLU unit that
     no longer fires) decays by 0.9 a step into subnormal numbers after about 700 steps, and arithmetic on
     subnormals takes microcode on x86: on a 2-core Intel Xeon (AMX) every epoch from the third on took
     5.0 s instead of 2.9 at the default MLP (batch 128), the same validation losses. Flushed, those
     moments become 0 instead of 1e-39: no number vaelab reports moves by that."""
-    if not torch.set_flush_denormal(True):  # this thread, and the threads it starts from now on
-        return None
-    if _flushes_everywhere():
-        return True
-    _flush_in_openmp_threads()  # torch's thread pool had started before: its threads keep their mode
-    return _flushes_everywhere()
+    was_flushing = _flushes(1)  # this thread's mode (the others follow it)
+    if not _set_mode(True):
+        yield None
+        return
+    try:
+        yield _flushes(torch.get_num_threads() << 16)
+    finally:
+        if not was_flushing:
+            _set_mode(False)
 
 
-def _flushes_everywhere() -> bool:
-    # the smallest subnormal float32 (bits 0x00000001), written as an integer: converting a float to it
-    # would already be flushed here; each of torch's threads multiplies its share
-    subnormal = torch.ones(torch.get_num_threads() * (1 << 16), dtype=torch.int32).view(torch.float32)
+def _flushes(elements: int) -> bool:
+    """Whether the threads that double `elements` subnormals flush them: one element stays in this thread,
+    2^16 per thread spread over all of torch's. The smallest subnormal float32 is written as an integer
+    (bits 0x00000001): converting a float to it would itself be flushed."""
+    subnormal = torch.ones(elements, dtype=torch.int32).view(torch.float32)
     return int((subnormal * 2.0).count_nonzero()) == 0
 
 
-def _flush_in_openmp_threads() -> None:
-    """Set the mode in each thread of the OpenMP team torch runs on (the mode is per thread) by running
-    torch.set_flush_denormal there through GOMP_parallel, libgomp's entry point (LLVM's libomp has it
-    too). A no-op where no such library is loaded (the check after it then says so)."""
+def _set_mode(on: bool) -> bool:
+    """torch.set_flush_denormal(on) in this thread, then in each thread of the OpenMP team torch runs on
+    (the mode is per thread, and a pool already running keeps its own) through GOMP_parallel, libgomp's
+    entry point (LLVM's libomp has it too); where no such library is loaded, this thread only. False
+    where the CPU has no such mode."""
+    if not torch.set_flush_denormal(on):
+        return False
     try:
         with open("/proc/self/maps") as maps:
             path = next((line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line), None)
-        if path is None:
-            return
-        body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(True))
-        parallel = ctypes.CDLL(path).GOMP_parallel  # the library torch loaded: dlopen gives the same one
-        parallel.argtypes = [type(body), ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-        parallel(body, None, torch.get_num_threads(), 0)
+        if path is not None:
+            body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on))
+            parallel = ctypes.CDLL(path).GOMP_parallel  # the library torch loaded: dlopen gives the same one
+            parallel.argtypes = [type(body), ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+            parallel(body, None, torch.get_num_threads(), 0)
     except (OSError, AttributeError):
-        return
+        pass
+    return True

@@ -43,7 +43,7 @@ from .checkpoint import (
 )
 from .config import PRECISIONS, ConfigError, RunConfig, check_data_size, check_options_apply
 from .data import PixelData, cache_dir, load_data, with_source
-from .device import cpu_model, flush_denormals, keep_freed_memory, native_bfloat16, resolve_device
+from .device import cpu_model, keep_freed_memory, native_bfloat16, resolve_device, subnormals_flushed
 from .distributed import World, join
 from .linear import KERNEL_ENV, KERNELS, preferred_kernel, set_kernel
 from .models import PCA, init_model
@@ -321,7 +321,6 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     data = data.to(device)
     if device.type == "cpu":
         keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
-        flush_denormals()  # Adam's moments of dead units decay into subnormals: 1.7x slower epochs on x86
     if isinstance(model, PCA):
         if world.distributed:
             raise ConfigError("PCA is fit in closed form in one process; run it without torchrun")
@@ -348,7 +347,9 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
     n = len(data.train)
     n_batches = math.ceil(n / config.batch_size)
     # Ctrl-C under torchrun ends every rank at once; the epoch checkpoints are what resumes there.
-    with (_stop_on_sigint() if not world.distributed else nullcontext(_StopRequest())) as stop:
+    # Adam's moments of dead units decay into subnormals, 1.7x slower epochs on x86 (device.subnormals_flushed)
+    with (_stop_on_sigint() if not world.distributed else nullcontext(_StopRequest())) as stop, \
+            (subnormals_flushed() if device.type == "cpu" else nullcontext()):
         return _epochs(config, run_dir, model=model, step=step, optimizer=optimizer, generator=generator,
                        state=state, data=data, world=world, n_batches=n_batches, stop=stop, progress=progress,
                        log=log)
