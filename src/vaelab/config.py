@@ -40,7 +40,8 @@ LEARNED_PRIOR_OBJECTIVES = ("elbo", "iwae")
 # options override. Each lever is one the literature argues lowers the test NLL of a small-latent VAE, at a
 # cost that stays on a CPU; which lever does what is benchmarks/likelihood_study.py's to measure. Measured
 # (README, Better likelihoods): z2-best over seeds 0-2, exact test NLL 123.18 ± 0.23 nats, IWAE_5000
-# 124.07 ± 0.23; 300 epochs at 4.0-4.4 s each on 2 cores of an AMD EPYC.
+# 124.07 ± 0.23; 300 epochs at 4.0-4.4 s each on 2 cores of an AMD EPYC. z1-best over seeds 0-2: exact
+# test NLL 140.69 ± 0.11, IWAE_5000 141.11 ± 0.16 (AMD EPYC Zen 5, 4.1-5.0 s an epoch).
 # - iwae, k=5: the importance-weighted bound (Burda et al. 2016) is tighter than the ELBO and trains the
 #   decoder towards a higher log p(x); 5 samples keep an epoch within ~3-4x of the ELBO's.
 # - vamp:100: the VampPrior (Tomczak & Welling 2018) fits p(z) to the aggregate posterior, the mismatch
