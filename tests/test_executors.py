@@ -50,6 +50,17 @@ def stops_when_asked(marker: str) -> str:
     return "stopped"
 
 
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT handled as in an interactive Python for the test's duration, whatever this process inherited.
+    A background job of a non-interactive shell (`make test &`) starts with SIGINT ignored; spawned workers
+    inherit that and, by design, keep ignoring it (`executors._child`): these tests are about the usual case."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interactive_sigint")
 def test_a_caller_that_stops_early_asks_the_running_workers_to_stop(tmp_path):
     markers = [str(tmp_path / "a"), str(tmp_path / "b")]
     outcomes = executors.processes(stops_when_asked, [("",), (markers[0],), (markers[1],)], workers=3)
@@ -64,6 +75,7 @@ def test_a_caller_that_stops_early_asks_the_running_workers_to_stop(tmp_path):
     assert time.monotonic() - started < executors.STOP_GRACE_SECONDS
 
 
+@pytest.mark.usefixtures("interactive_sigint")
 def test_a_ctrl_c_while_a_worker_starts_stops_its_job_before_it_begins(tmp_path):
     """Blocked, not ignored, while the fresh interpreter imports: no traceback from it, and no job that goes on
     as if no Ctrl-C had come."""

@@ -89,7 +89,10 @@ def _stop(running: list[multiprocessing.Process], *, ask: bool) -> None:
 
 def processes(fn: Callable, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Outcome]]:
     """fn(*job) in at most `workers` fresh local processes at a time (spawned: no state shared with
-    this one). A process that dies (killed, out of memory) is reported with its signal."""
+    this one). A process that dies (killed, out of memory) is reported with its signal. Workers inherit
+    this process's SIGINT disposition: started with SIGINT ignored (a background job of a shell script),
+    they keep ignoring it, so a Ctrl-C meant for the script's foreground leaves them be, and when asked
+    to stop (`_stop`) they are terminated after the grace instead of saving mid-epoch."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     context = multiprocessing.get_context("spawn")
