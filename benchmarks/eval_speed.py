@@ -62,7 +62,7 @@ def main() -> None:
         rate = matmul_gflops()
 
         started = time.perf_counter()
-        exact = exact_nll(model, x)
+        exact = exact_nll(model, x, objective=config.objective)
         exact_seconds = time.perf_counter() - started
         started = time.perf_counter()
         sampled = importance_sampled(model, config.objective, x, k=args.k, seed=config.eval_seed)

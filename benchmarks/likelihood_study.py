@@ -79,14 +79,14 @@ def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_ima
     """Validation exact NLL, test exact NLL, test IWAE_k and −ELBO of a run's best weights; kept in the run's
     study.json and reused while the run's best epoch and these settings are unchanged (an evaluation of a
     learned-prior model takes minutes)."""
-    model, _, meta = load_trained(run_dir, "cpu")
+    model, config, meta = load_trained(run_dir, "cpu")
     key = {"best_epoch": meta.get("epoch"), "nll_images": nll_images, "iwae_k": iwae_k, "iwae_images": iwae_images}
     cache = run_dir / "study.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["scores"]
-    valid_nll = float(exact_nll(model, data.valid[:nll_images]).nll.mean())
+    valid_nll = float(exact_nll(model, data.valid[:nll_images], objective=config.objective).nll.mean())
     n_test = len(data.test[:nll_images])
     saved = json.loads((run_dir / EVALUATION_FILE).read_text()) if (run_dir / EVALUATION_FILE).exists() else {}
     likelihood = saved.get("likelihood") or {}

@@ -160,6 +160,10 @@ def test_refined_tiles_equal_the_plain_rule_on_the_fine_grid():
     assert float(error.max()) < 2e-3
     # the scan alone is much further off: the refined tiles do the work
     assert float((s.log_px - plain).abs().mean()) > 5 * float(error.mean())
+    # decoded a few codes at a time (a wide tile holds millions at a fine step): runs split mid-tile, same sums
+    chunked = lk.refine(model, x, s, fine_step=1 / 64, node_batch=100)
+    for key in ("fine", "coarse"):
+        torch.testing.assert_close(chunked[key], est[key], atol=1e-4, rtol=0)  # float32 blocks, grouped otherwise
 
 
 def test_exact_nll_does_not_move_when_the_grid_is_refined():
@@ -572,3 +576,60 @@ def test_a_wide_learned_prior_is_integrated_with_wider_tiles():
     assert exact.grid["tile"] > lk.TILE and 2 * exact.grid["limit"] / exact.grid["tile"] <= lk.MAX_TILES_PER_AXIS
     reference = brute_force_nll(model, x, limit=exact.grid["limit"] + 2, step=1 / 48)
     torch.testing.assert_close(exact.nll, reference, atol=3e-3, rtol=0)
+
+
+def test_a_stray_prior_component_of_huge_scale_does_not_blow_up_the_square():
+    """Issue 12's latent-1 ablation: one VampPrior component encoded with a huge variance put the square at
+    ±156 029 (hours, 24 GB). The square stops at PRIOR_LIMIT_CAP, says how much prior mass it leaves out
+    (here the stray component's third: its density is ~1e-11 inside), and the answer still matches the
+    brute-force grid where the integrand lives."""
+    model = tiny_vae_with_prior("mog:3")
+    with torch.no_grad():
+        model.prior.log_scales[1] = math.log(1e5)
+    x = binary_images(6, 5, seed=4)
+    exact = lk.exact_nll(model, x)
+    grid = exact.grid
+    assert lk.prior_extent(model) > 5e5 and grid["converged"] and grid["limit"] == lk.PRIOR_LIMIT_CAP
+    assert grid["prior_mass_outside"] == pytest.approx(1 / 3, abs=1e-4)
+    reference = brute_force_nll(model, x, limit=16, step=1 / 64)
+    torch.testing.assert_close(exact.nll, reference, atol=2e-3, rtol=0)
+
+
+def test_the_square_holds_every_posterior():
+    """Posteriors far outside the prior's components (a latent-1 code spread over ±200 was measured): the
+    square reaches them."""
+    model, _ = tiny_vae(2)
+    with torch.no_grad():
+        model.to_stats.weight.zero_()
+        model.to_stats.bias.copy_(torch.tensor([9.5, -2.0, 0.0, 0.0]))  # m = (9.5, -2), sd = 1
+    assert lk.exact_nll(model, binary_images(2, 5)).grid["limit"] == math.ceil(9.5 + lk.POSTERIOR_SCALES)
+
+
+def test_an_integrand_narrower_than_the_scan_step_is_found_and_resolved():
+    """A 1-D decoder that turns 500 times faster than tiny_vae's (peaks of width ~1e-3, as the latent-1
+    ablation's posteriors of sd 3e-4 to 8e-3) and an encoder whose posterior says so (sd 2e-4 at 0): the
+    images are refined around their posterior, below the usual finest step 2^-10, to scipy's answer."""
+    model, _ = tiny_vae(1)
+    first = model.decoder.to_hidden[0][0]
+    with torch.no_grad():
+        first.weight.mul_(500)
+        model.to_stats.weight.zero_()
+        model.to_stats.bias.copy_(torch.tensor([0.0, 2 * math.log(2e-4)]))
+    x = binary_images(6, 5)
+    exact = lk.exact_nll(model, x)
+    assert exact.grid["converged"] and exact.grid["narrow_posteriors"] == len(x)
+    assert exact.grid["fine_step"] < 2.0 ** -10
+    # (scipy's quad misses the narrow pieces here: a float64 grid 1e-7 fine where they are, 1e-4 elsewhere)
+    double = tiny_vae(1)[0].double()
+    double.load_state_dict(model.state_dict())
+
+    def log_sum(lo: float, hi: float, step: float) -> torch.Tensor:
+        z = torch.arange(lo, hi, step, dtype=torch.float64)[:, None]
+        with torch.no_grad():
+            logits = double.decode(z)
+        log_joint = x.double() @ logits.T - torch.nn.functional.softplus(logits).sum(-1) - 0.5 * z[:, 0] ** 2
+        return torch.logsumexp(log_joint, 1) + math.log(step) - 0.5 * math.log(2 * math.pi)
+
+    reference = -torch.logsumexp(torch.stack([log_sum(-12, -0.1, 1e-4), log_sum(-0.1, 0.1, 1e-7),
+                                              log_sum(0.1, 12, 1e-4)]), 0)
+    torch.testing.assert_close(exact.nll, reference, atol=2e-3, rtol=0)

@@ -66,6 +66,21 @@ def check_applicable(config: RunConfig) -> None:
 # The quadrature's square covers every component of the prior to this many of its standard deviations
 # (N(0, I): 6, START_GRID's start)
 PRIOR_SCALES = 6.0
+# ... up to this half-width: a learned prior can hold a stray component far wider than the rest (a
+# VampPrior pseudo-input encoded with a huge variance: measured at latent 1, ±156 029 while every image's
+# posterior lay within ±200), whose thin density no image's posterior points to; a square that size costs
+# hours and tens of GB. Beyond the cap the square follows the posteriors, and the prior's mass left
+# outside is computed and reported (grid "prior_mass_outside").
+PRIOR_LIMIT_CAP = 128.0  # (above the ±104 to ±115 that the z2-best runs' stray components of scale 13-17 gave)
+# The square also holds every scored image's posterior mean ± this many of its standard deviations (where
+# its integrand peaks); the check on the square's outer band widens it if mass remains at the edge.
+POSTERIOR_SCALES = 3.0
+# A posterior narrower than 1/NARROW of a grid step: its peak's nearest node can lie more than 8·D nats
+# (D·step²/(8σ²)) below it, where neither the tiles' margin nor the step-doubling check is sure to see it.
+NARROW = 8
+# Finest quadrature step the refinement may reach: a trained 1-D code can have posteriors of sd 3e-4
+# (measured), and the trapezoid rule needs a step within about twice a peak's sd.
+FINEST_STEP = 2.0 ** -16
 
 
 def prior_extent(model: VAE, scales: float = PRIOR_SCALES) -> float:
@@ -74,6 +89,26 @@ def prior_extent(model: VAE, scales: float = PRIOR_SCALES) -> float:
     with torch.no_grad():
         means, logvars = model.prior.components(model)  # (K, D) each
         return float((means.abs() + scales * (0.5 * logvars).exp()).max())
+
+
+def prior_mass_outside(model: VAE, limit: float) -> float:
+    """The prior's probability outside the square [-limit, limit]^D, in closed form (equal-weight diagonal
+    Gaussian components)."""
+    with torch.no_grad():
+        means, logvars = (t.double() for t in model.prior.components(model))  # (K, D) each
+        sd = (0.5 * logvars).exp()
+        inside = (torch.special.ndtr((limit - means) / sd) - torch.special.ndtr((-limit - means) / sd)).prod(-1)
+        return float((1 - inside.mean()).clamp_min(0))
+
+
+@torch.no_grad()
+def posterior_stats(model: VAE, objective: str, x: torch.Tensor, *,
+                    batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x)'s means and standard deviations for images x (N, P), (N, D) each: where, and how narrowly, each
+    image's integrand p(x|z) p(z) peaks (the encoder was trained to find it)."""
+    parts = [posterior(model, objective, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    m = torch.cat([p[0] for p in parts]).float()
+    return m, torch.cat([(0.5 * p[1]).exp() for p in parts]).float()
 
 
 # --- exact marginal likelihood by quadrature -------------------------------------------------------
@@ -254,16 +289,17 @@ def scan(model: VAE, x: torch.Tensor, *, dim: int, limit: float, step: float, ti
 
 @torch.no_grad()
 def refine(model: VAE, x: torch.Tensor, s: Scan, *, fine_step: float, todo: torch.Tensor | None = None,
-           margin: float = MARGIN, node_batch: int = 4096,
+           also: torch.Tensor | None = None, margin: float = MARGIN, node_batch: int = 4096,
            image_batch: int = 2048) -> dict[str, torch.Tensor | float]:
     """log p(x) for images x (N, P) on the grid of `fine_step` where each image's integrand lives.
 
     Each image in `todo` (N,) bool (default: those whose scan moves by >= RESOLVED when the scan
     step doubles) has its tiles within `margin` nats of its best scan node integrated again on the
-    fine grid (which contains the scan nodes); everywhere else its scan sum stands. A Gaussian-shaped
-    mode of standard deviation σ is seen by one of its own tile's scan nodes at most
-    (step·√D/2)²/(2σ²) nats below its peak, so with the defaults no mode wider than σ ≈ 0.007 can be
-    missed.
+    fine grid (which contains the scan nodes), and the tiles marked in `also` (N, T) bool (exact_nll:
+    those around its posterior, a peak too narrow for the scan to see); everywhere else its scan sum
+    stands. A Gaussian-shaped mode of standard deviation σ is seen by one of its own tile's scan nodes at
+    most (step·√D/2)²/(2σ²) nats below its peak, so with the defaults no mode wider than σ ≈ 0.007 can be
+    missed by the margin alone. Codes are decoded `node_batch` at a time, however wide a tile is.
 
     Returns float64 (N,) "fine" (the answer) and "coarse" (the same with twice the fine step), and
     "refined_nodes" (mean fine nodes per image) and "refined_images".
@@ -276,46 +312,68 @@ def refine(model: VAE, x: torch.Tensor, s: Scan, *, fine_step: float, todo: torc
     if todo is None:
         todo = (s.log_px - s.log_px_double).abs() >= RESOLVED
     chosen = s.best_in_tile >= s.best_in_tile.max(1, keepdim=True).values - margin  # (N, T)
+    if also is not None:
+        chosen |= also
     chosen[~todo] = False
 
     def tile_nodes(t: int) -> tuple[torch.Tensor, list[int]]:
         """Fine indices of tile t (B, D): scan nodes first, then the other nodes of the double step,
-        then the rest, so that the three nested sums are over slices [:b0], [:b1] and [:]."""
+        then the rest; with the bounds [0, b0, b1, B] of those three runs."""
         corner = [(t // n_tiles ** (d - 1 - a)) % n_tiles for a in range(d)]
         axes = [torch.arange(c * per_tile - n_f, (c + 1) * per_tile - n_f + (c == n_tiles - 1), device=device)
                 for c in corner]
         j = torch.cartesian_prod(*axes).reshape(-1, d)
         level = torch.where((j % ratio == 0).all(-1), 0, torch.where((j % 2 == 0).all(-1), 1, 2))
-        return j[torch.argsort(level, stable=True)], [int((level <= k).sum()) for k in (0, 1)]
+        return j[torch.argsort(level, stable=True)], [0, *(int((level <= k).sum()) for k in (0, 1)), len(j)]
 
-    sums = {k: torch.full((n_img,), -math.inf, dtype=torch.float64, device=device)
-            for k in ("scan", "double", "fine")}
+    # per image, the sum over its refined tiles' nodes of each run: scan nodes, the double step's others, the rest
+    own = torch.full((3, n_img), -math.inf, dtype=torch.float64, device=device)
     union = torch.nonzero(chosen.any(0)).flatten().tolist()
     per_decode = max(1, node_batch // (per_tile + 1) ** d)  # tiles decoded together (one large matmul)
     for first in range(0, len(union), per_decode):
-        group = [tile_nodes(t) for t in union[first:first + per_decode]]
-        nodes = joint_terms(model, torch.cat([j for j, _ in group]).float() * fine_step)
-        offset = 0
-        for t, (j, (b0, b1)) in zip(union[first:first + per_decode], group, strict=True):
-            tile_nodes_terms = nodes[offset:offset + len(j)]
-            offset += len(j)
-            images = torch.nonzero(chosen[:, t]).flatten()
-            for lo in range(0, len(images), image_batch):
-                idx = images[lo:lo + image_batch]
-                terms = tile_nodes_terms.log_joint(x[idx])  # (n, B)
-                on_scan = torch.logsumexp(terms[:, :b0], 1).double()
-                on_double = torch.logaddexp(on_scan, torch.logsumexp(terms[:, b0:b1], 1).double())
-                on_fine = torch.logaddexp(on_double, torch.logsumexp(terms[:, b1:], 1).double())
-                for k, block in (("scan", on_scan), ("double", on_double), ("fine", on_fine)):
-                    sums[k][idx] = torch.logaddexp(sums[k][idx], block)
+        tiles, parts, runs, start = union[first:first + per_decode], [], [], 0
+        for t in tiles:  # runs: (tile, level, first node, end) in the concatenation of the tiles' nodes
+            j, bounds = tile_nodes(t)
+            runs += [(t, level, start + lo, start + hi)
+                     for level, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+            parts.append(j)
+            start += len(j)
+        j_all = torch.cat(parts)
+        images = {t: torch.nonzero(chosen[:, t]).flatten() for t in tiles}
+        for lo in range(0, len(j_all), node_batch):
+            hi = min(lo + node_batch, len(j_all))
+            nodes = joint_terms(model, j_all[lo:hi].float() * fine_step)
+            for t, level, r0, r1 in runs:
+                a, b = max(r0, lo), min(r1, hi)
+                if a >= b:
+                    continue
+                for i0 in range(0, len(images[t]), image_batch):
+                    idx = images[t][i0:i0 + image_batch]
+                    block = torch.logsumexp(nodes[a - lo:b - lo].log_joint(x[idx]), 1).double()
+                    own[level, idx] = torch.logaddexp(own[level, idx], block)
+    on_scan = own[0]
+    on_double = torch.logaddexp(on_scan, own[1])
+    on_fine = torch.logaddexp(on_double, own[2])
 
     # the scan sum outside the refined tiles = all − refined part (float64; clamped at 0 for rounding)
     scan_units = s.log_px - d * math.log(s.step)  # back to a plain sum of p(x, z) over scan nodes
-    outside = torch.log((1 - torch.exp(sums["scan"] - scan_units)).clamp_min(0)) + s.log_px
-    fine = torch.logaddexp(outside, sums["fine"] + d * math.log(fine_step))
-    coarse = torch.logaddexp(outside, sums["double"] + d * math.log(2 * fine_step))
+    outside = torch.log((1 - torch.exp(on_scan - scan_units)).clamp_min(0)) + s.log_px
+    fine = torch.logaddexp(outside, on_fine + d * math.log(fine_step))
+    coarse = torch.logaddexp(outside, on_double + d * math.log(2 * fine_step))
     return {"fine": fine, "coarse": coarse, "refined_images": int(todo.sum()),
             "refined_nodes": float(chosen.sum(1).double().mean()) * per_tile ** d}
+
+
+def tiles_around(s: Scan, m: torch.Tensor, sd: torch.Tensor, scales: float = POSTERIOR_SCALES) -> torch.Tensor:
+    """(N, T) bool: the tiles of scan `s` that the box m ± scales·sd of each image (N, D) each touches."""
+    n_tiles = s.tiles_per_axis
+    lo = ((m - scales * sd + s.limit) / s.tile).floor().clamp(0, n_tiles - 1).long()  # (N, D) tile coordinates
+    hi = ((m + scales * sd + s.limit) / s.tile).floor().clamp(0, n_tiles - 1).long()
+    axis = torch.arange(n_tiles, device=m.device)
+    per_axis = [(axis >= lo[:, a, None]) & (axis <= hi[:, a, None]) for a in range(s.dim)]  # (N, n_tiles) each
+    if s.dim == 1:
+        return per_axis[0]
+    return (per_axis[0][:, :, None] & per_axis[1][:, None, :]).reshape(len(m), -1)  # row-major, as `scan`
 
 
 @dataclass
@@ -324,19 +382,22 @@ class ExactResult:
     grid: dict  # the grids used, the changes against the coarser ones, whether they met the tolerance
 
 
-def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: float | None = None,
-              scan_step: float | None = None, fine_step: float | None = None,
-              max_limit: float = 12.0, min_fine_step: float = 2.0 ** -10) -> ExactResult:
+def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: float = TOLERANCE,
+              limit: float | None = None, scan_step: float | None = None, fine_step: float | None = None,
+              max_limit: float = 12.0, min_fine_step: float | None = None) -> ExactResult:
     """−log p(x) for images x (N, P) by quadrature, refined until it moves < `tol` nats per image.
 
     Changes are means over images of |difference|. First the square: the scan is widened by 2 until
     the mass outside the square narrower by 1 is below `tol`; its default start covers the prior's
-    components (`prior_extent`, rounded up to a whole number; N(0, I): START_GRID's 6), and `max_limit`
+    components (`prior_extent`, up to PRIOR_LIMIT_CAP) and every image's posterior (mean ± POSTERIOR_SCALES
+    sd, read as `objective`'s q), rounded up to a whole number (N(0, I): START_GRID's 6), and `max_limit`
     is at least that start + 6; a prior 2x or 4x wider than N(0, I) doubles or quadruples the default
     steps. Then the step: if the scan moves less
     than `tol` when its step doubles, it is the answer; otherwise `refine` at `fine_step`, halved
-    until the answer moves less than `tol` against twice its step. Past `max_limit` or
-    `min_fine_step` the last answer is returned with converged = False. Defaults: START_GRID.
+    until the answer moves less than `tol` against twice its step. An image whose posterior is narrower
+    than 1/NARROW of the scan step (a peak the scan may miss altogether) is always refined, its
+    posterior's tiles included, and `min_fine_step` (default 2^-10) goes down to its sd (FINEST_STEP at
+    most). Past `max_limit` or `min_fine_step` the last answer is returned with converged = False.
     """
     d = model.to_stats.out_features // 2  # latent dimension
     if d not in START_GRID:
@@ -344,10 +405,13 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
                          "use the IWAE bound (--nll iwae)")
     start = START_GRID[d]
     extent = prior_extent(model)
+    covered = min(extent, max(PRIOR_LIMIT_CAP, start[0]))
+    m, sd = posterior_stats(model, objective, x)
+    reach = float((m.abs() + POSTERIOR_SCALES * sd).max()) if len(x) else 0.0
     # A prior wider than N(0, I) (a learned one) stretches the latent space: the steps grow with it, by a
     # power of two (nested grids) up to 4 (a scan step <= TILE); the step-doubling checks below still decide
-    stretch = 2.0 ** min(2, max(0, math.floor(math.log2(extent / PRIOR_SCALES))))
-    limit = limit or max(start[0], float(math.ceil(extent)))
+    stretch = 2.0 ** min(2, max(0, math.floor(math.log2(covered / PRIOR_SCALES))))
+    limit = limit or max(start[0], float(math.ceil(covered)), float(math.ceil(reach)))
     max_limit = max(max_limit, limit + 6)
     scan_step, fine_step = scan_step or start[1] * stretch, fine_step or start[2] * stretch
     while True:
@@ -359,22 +423,34 @@ def exact_nll(model: VAE, x: torch.Tensor, *, tol: float = TOLERANCE, limit: flo
         limit += 2
     answer, coarse, used = s.log_px, s.log_px_double, None  # the scan, unless it is not resolved
     refined = {"refined_nodes": 0.0, "refined_images": 0}
-    todo = (answer - coarse).abs() >= RESOLVED  # images whose answer still moves when the step halves
-    while float((answer - coarse).abs().mean()) >= tol and fine_step >= min_fine_step:
-        refined = refine(model, x, s, fine_step=fine_step, todo=todo)
+    # images whose answer still moves when the step halves, and those whose posterior is narrower than
+    # 1/NARROW step: a peak the grid may miss altogether (both it and the double step then see only tails)
+    sd_min = sd.min(1).values if len(x) else torch.ones(0)
+    narrow = sd_min < scan_step / NARROW
+    todo = ((answer - coarse).abs() >= RESOLVED) | narrow
+    also = tiles_around(s, m, sd) & narrow[:, None] if bool(narrow.any()) else None
+    if min_fine_step is None:  # 2^-10, or down to the narrowest posterior's sd (FINEST_STEP at most)
+        narrowest = float(sd_min.min()) if len(x) else 1.0
+        min_fine_step = max(FINEST_STEP, min(2.0 ** -10, 2.0 ** math.floor(math.log2(max(narrowest, 1e-30)))))
+    # (on while the mean still moves, or a narrow image has not resolved: one of its own)
+    while bool(todo.any()) and fine_step >= min_fine_step and (
+            float((answer - coarse).abs().mean()) >= tol or bool((todo & narrow).any())):
+        refined = refine(model, x, s, fine_step=fine_step, todo=todo, also=also)
         answer = torch.where(todo, refined["fine"], answer)
         coarse = torch.where(todo, refined["coarse"], coarse)
-        todo &= (answer - coarse).abs() >= RESOLVED
+        todo &= ((answer - coarse).abs() >= RESOLVED) | (sd_min < fine_step / NARROW)
         used, fine_step = fine_step, fine_step / 2
     d_step = (answer - coarse).abs()
     info = {"prior_extent": extent, "limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile,
             "margin": MARGIN,
             "scan_points": Grid(d, limit, scan_step).points,
             "refined_points_per_image": refined["refined_nodes"], "refined_images": refined["refined_images"],
+            "narrow_posteriors": int(narrow.sum()),
             "tolerance": tol,
-            "converged": range_ok and float(d_step.mean()) < tol,
+            "converged": range_ok and float(d_step.mean()) < tol and not bool((todo & narrow).any()),
             "change_vs_double_step": float(d_step.mean()), "max_change_vs_double_step": float(d_step.max()),
             "mass_outside_limit_minus_1": float(d_range.mean()),
+            "prior_mass_outside": prior_mass_outside(model, limit),
             "scan_minus_answer": float((s.log_px - answer).abs().mean())}
     return ExactResult(-answer, info)
 
@@ -517,7 +593,7 @@ def measure(model: nn.Module, config: RunConfig, x: torch.Tensor, *, nll: str | 
     result["elbo"]["bits_per_dim"] = bits_per_dim(result["elbo"]["neg_elbo"], dims)
     if "exact" in estimators:
         with step("exact NLL (quadrature)", len(x), log=log, bar=False) as advance:
-            exact = exact_nll(model, x)
+            exact = exact_nll(model, x, objective=config.objective)
             advance(len(x))
         nats = float(exact.nll.mean())
         result["exact"] = {"images": len(x), "nll": nats, "bits_per_dim": bits_per_dim(nats, dims), "grid": exact.grid}
