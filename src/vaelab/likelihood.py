@@ -625,6 +625,8 @@ def summary_lines(result: dict) -> list[str]:
         fine = (f"fine step {g['fine_step']:g} where the integrand lives" if g["fine_step"]
                 else "no finer step needed")
         state = "converged" if g["converged"] else "NOT converged"
+        if g.get("prior_mass_outside", 0) > 1e-6:  # a learned prior's stray component, beyond PRIOR_LIMIT_CAP
+            state += f"; the prior's mass outside the square: {g['prior_mass_outside']:.3g}"
         lines.append(f"exact NLL      {ex['nll']:10.3f} nats/image{per_dim(ex)} on {ex['images']} test images "
                      f"(quadrature on "
                      f"[-{g['limit']:g}, {g['limit']:g}]^D: scan step {g['scan_step']:g}, {fine}; {state} to "
