@@ -66,12 +66,14 @@ def check_applicable(config: RunConfig) -> None:
 # The quadrature's square covers every component of the prior to this many of its standard deviations
 # (N(0, I): 6, START_GRID's start)
 PRIOR_SCALES = 6.0
-# ... up to this half-width: a learned prior can hold a stray component far wider than the rest (a
-# VampPrior pseudo-input encoded with a huge variance: measured at latent 1, ±156 029 while every image's
-# posterior lay within ±200), whose thin density no image's posterior points to; a square that size costs
-# hours and tens of GB. Beyond the cap the square follows the posteriors, and the prior's mass left
-# outside is computed and reported (grid "prior_mass_outside").
-PRIOR_LIMIT_CAP = 128.0  # (above the ±104 to ±115 that the z2-best runs' stray components of scale 13-17 gave)
+# ... up to this half-width per latent dimension: a learned prior can hold a stray component far wider
+# than the rest (a VampPrior pseudo-input encoded with a huge variance: measured at latent 1, ±156 029
+# while every image's posterior lay within ±200), whose thin density no image's posterior points to; a
+# square that size costs hours and tens of GB. Beyond the cap the square follows the posteriors, and the
+# prior's mass left outside is computed and reported (grid "prior_mass_outside"). The caps lie above
+# every square the recipes' runs used (z1-best ±354, z2-best ±104 to ±115), so those squares stand; at
+# the stretched scan steps they are 16 385 nodes (1-D) and about 10^6 (2-D).
+PRIOR_LIMIT_CAP = {1: 512.0, 2: 128.0}
 # The square also holds every scored image's posterior mean ± this many of its standard deviations (where
 # its integrand peaks); the check on the square's outer band widens it if mass remains at the edge.
 POSTERIOR_SCALES = 3.0
@@ -405,7 +407,7 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
                          "use the IWAE bound (--nll iwae)")
     start = START_GRID[d]
     extent = prior_extent(model)
-    covered = min(extent, max(PRIOR_LIMIT_CAP, start[0]))
+    covered = min(extent, PRIOR_LIMIT_CAP[d])
     m, sd = posterior_stats(model, objective, x)
     reach = float((m.abs() + POSTERIOR_SCALES * sd).max()) if len(x) else 0.0
     # A prior wider than N(0, I) (a learned one) stretches the latent space: the steps grow with it, by a
