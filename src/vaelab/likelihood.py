@@ -434,13 +434,14 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
     if min_fine_step is None:  # 2^-10, or down to the narrowest posterior's sd (FINEST_STEP at most)
         narrowest = float(sd_min.min()) if len(x) else 1.0
         min_fine_step = max(FINEST_STEP, min(2.0 ** -10, 2.0 ** math.floor(math.log2(max(narrowest, 1e-30)))))
-    # (on while the mean still moves, or a narrow image has not resolved: one of its own)
+    unseen = narrow  # narrow images at the finest step so far (the loop goes on until there are none)
     while bool(todo.any()) and fine_step >= min_fine_step and (
-            float((answer - coarse).abs().mean()) >= tol or bool((todo & narrow).any())):
+            float((answer - coarse).abs().mean()) >= tol or bool(unseen.any())):
         refined = refine(model, x, s, fine_step=fine_step, todo=todo, also=also)
         answer = torch.where(todo, refined["fine"], answer)
         coarse = torch.where(todo, refined["coarse"], coarse)
-        todo &= ((answer - coarse).abs() >= RESOLVED) | (sd_min < fine_step / NARROW)
+        unseen = sd_min < fine_step / NARROW
+        todo &= ((answer - coarse).abs() >= RESOLVED) | unseen
         used, fine_step = fine_step, fine_step / 2
     d_step = (answer - coarse).abs()
     info = {"prior_extent": extent, "limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile,
@@ -449,7 +450,7 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
             "refined_points_per_image": refined["refined_nodes"], "refined_images": refined["refined_images"],
             "narrow_posteriors": int(narrow.sum()),
             "tolerance": tol,
-            "converged": range_ok and float(d_step.mean()) < tol and not bool((todo & narrow).any()),
+            "converged": range_ok and float(d_step.mean()) < tol and not bool(unseen.any()),
             "change_vs_double_step": float(d_step.mean()), "max_change_vs_double_step": float(d_step.max()),
             "mass_outside_limit_minus_1": float(d_range.mean()),
             "prior_mass_outside": prior_mass_outside(model, limit),
