@@ -30,6 +30,21 @@ def test_train_speed_prints_both_times_the_ratio_and_the_matmul_share(fake_mnist
     assert re.search(r"linear kernel: (onednn|torch) \(probe: torch [\d.]+ ms, oneDNN ([\d.]+ ms|n/a)\)", out), out
 
 
+def test_subnormal_flush_prints_both_kinds_in_turn_and_the_ratio(fake_mnist, monkeypatch, capsys):
+    from vaelab import training
+
+    flushing = training.subnormals_flushed
+    run_benchmark("subnormal_flush.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID),
+                                         "--epochs", "1", "--repeats", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    line = r"^(flushed|not flushed) +[\d.]+ s; epochs [\d.]+-[\d.]+ s; last valid loss ([\d.]+)$"
+    kinds = re.findall(line, out, re.M)
+    assert [k for k, _ in kinds] == ["flushed", "not flushed"], out
+    assert kinds[0][1] == kinds[1][1]  # the flush moves no loss
+    assert re.search(r"not flushed / flushed \(median wall time\): [\d.]+x", out), out
+    assert training.subnormals_flushed is flushing  # put back
+
+
 def test_defaults_sweep_prints_one_row_per_cell(fake_mnist, monkeypatch, capsys):
     run_benchmark("defaults_sweep.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID),
                                         "--batch-size", "32,64", "--lr", "1e-3", "--hidden", "16;8",
