@@ -635,3 +635,30 @@ def test_an_integrand_narrower_than_the_scan_step_is_found_and_resolved():
     reference = -torch.logsumexp(torch.stack([log_sum(-12, -0.1, 1e-4), log_sum(-0.1, 0.1, 1e-7),
                                               log_sum(0.1, 12, 1e-4)]), 0)
     torch.testing.assert_close(exact.nll, reference, atol=2e-3, rtol=0)
+
+
+def test_tiles_around_a_posterior_are_the_scan_tiles_that_hold_it():
+    """In 2-D, off the diagonal: the tile numbering is the scan's (row-major, first axis first)."""
+    s = lk.Scan(dim=2, limit=3.0, step=1 / 16, log_px=torch.zeros(2), log_px_inner=torch.zeros(2),
+                log_px_double=torch.zeros(2), best_in_tile=torch.zeros(2, 24 * 24), tile=0.25)
+    m, sd = torch.tensor([[1.3, -2.1], [1.3, -2.1]]), torch.tensor([[1e-4, 1e-4], [0.2, 1e-4]])
+    around = lk.tiles_around(s, m, sd)
+    assert torch.nonzero(around[0]).flatten().tolist() == [17 * 24 + 3]  # (1.3 + 3) / 0.25 = 17.2, (-2.1 + 3) / 0.25
+    assert torch.nonzero(around[1]).flatten().tolist() == [a * 24 + 3 for a in range(14, 20)]  # [0.7, 1.9]: 14..19
+    # the scan itself puts a node at (1.3, -2.1)'s nearest grid point in that tile
+    model, _ = tiny_vae(2)
+    x = binary_images(1, 5)
+    scanned = lk.scan(model, x, dim=2, limit=3.0, step=1 / 16)
+    with torch.no_grad():
+        log_joint = lk.joint_terms(model, torch.tensor([[1.3125, -2.125]])).log_joint(x)  # nodes 21/16, -34/16
+    assert float(scanned.best_in_tile[0, 17 * 24 + 3]) >= float(log_joint[0, 0]) - 1e-5
+
+
+def test_exact_nll_refuses_empty_and_non_finite_input():
+    model, _ = tiny_vae(2)
+    with pytest.raises(ValueError, match="no images"):
+        lk.exact_nll(model, torch.zeros(0, 5))
+    with torch.no_grad():
+        model.to_stats.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite posterior"):
+        lk.exact_nll(model, binary_images(2, 5))

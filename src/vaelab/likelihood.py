@@ -81,8 +81,9 @@ POSTERIOR_SCALES = 3.0
 # (D·step²/(8σ²)) below it, where neither the tiles' margin nor the step-doubling check is sure to see it.
 NARROW = 8
 # Finest quadrature step the refinement may reach: a trained 1-D code can have posteriors of sd 3e-4
-# (measured), and the trapezoid rule needs a step within about twice a peak's sd.
-FINEST_STEP = 2.0 ** -16
+# (measured), and the trapezoid rule needs a step within about twice a peak's sd. In 2-D a tile of side
+# 0.25 holds (0.25/step)² nodes: 2^-12 is 10^6 of them.
+FINEST_STEP = {1: 2.0 ** -16, 2: 2.0 ** -12}
 
 
 def prior_extent(model: VAE, scales: float = PRIOR_SCALES) -> float:
@@ -108,6 +109,7 @@ def posterior_stats(model: VAE, objective: str, x: torch.Tensor, *,
                     batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """q(z|x)'s means and standard deviations for images x (N, P), (N, D) each: where, and how narrowly, each
     image's integrand p(x|z) p(z) peaks (the encoder was trained to find it)."""
+    x = x.to(device=next(model.parameters()).device, dtype=torch.float32)
     parts = [posterior(model, objective, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     m = torch.cat([p[0] for p in parts]).float()
     return m, torch.cat([(0.5 * p[1]).exp() for p in parts]).float()
@@ -399,17 +401,24 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
     until the answer moves less than `tol` against twice its step. An image whose posterior is narrower
     than 1/NARROW of the scan step (a peak the scan may miss altogether) is always refined, its
     posterior's tiles included, and `min_fine_step` (default 2^-10) goes down to its sd (FINEST_STEP at
-    most). Past `max_limit` or `min_fine_step` the last answer is returned with converged = False.
+    most). The posteriors' reach is capped like the prior's. Past `max_limit` or `min_fine_step` the last
+    answer is returned with converged = False.
     """
     d = model.to_stats.out_features // 2  # latent dimension
     if d not in START_GRID:
         raise ValueError(f"exact NLL by quadrature needs latent dimension 1 or 2, this model has {d}; "
                          "use the IWAE bound (--nll iwae)")
+    if len(x) == 0:
+        raise ValueError("exact NLL of no images: x is empty")
     start = START_GRID[d]
     extent = prior_extent(model)
     covered = min(extent, PRIOR_LIMIT_CAP[d])
     m, sd = posterior_stats(model, objective, x)
-    reach = float((m.abs() + POSTERIOR_SCALES * sd).max()) if len(x) else 0.0
+    if not bool(torch.isfinite(m).all() and torch.isfinite(sd).all()):
+        raise ValueError("the encoder gives non-finite posterior means or scales for some images: the model "
+                         "is broken (a diverged run?); its likelihood cannot be integrated")
+    # (capped like the prior: one outlier posterior must not bring back a square of ±10^5)
+    reach = min(float((m.abs() + POSTERIOR_SCALES * sd).max()), PRIOR_LIMIT_CAP[d])
     # A prior wider than N(0, I) (a learned one) stretches the latent space: the steps grow with it, by a
     # power of two (nested grids) up to 4 (a scan step <= TILE); the step-doubling checks below still decide
     stretch = 2.0 ** min(2, max(0, math.floor(math.log2(covered / PRIOR_SCALES))))
@@ -427,13 +436,16 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
     refined = {"refined_nodes": 0.0, "refined_images": 0}
     # images whose answer still moves when the step halves, and those whose posterior is narrower than
     # 1/NARROW step: a peak the grid may miss altogether (both it and the double step then see only tails)
-    sd_min = sd.min(1).values if len(x) else torch.ones(0)
+    sd_min = sd.min(1).values
     narrow = sd_min < scan_step / NARROW
     todo = ((answer - coarse).abs() >= RESOLVED) | narrow
-    also = tiles_around(s, m, sd) & narrow[:, None] if bool(narrow.any()) else None
+    also = None
+    if bool(narrow.any()):  # (rows for the narrow images only: N × tiles bools otherwise)
+        also = torch.zeros_like(s.best_in_tile, dtype=torch.bool)
+        also[narrow] = tiles_around(s, m[narrow], sd[narrow])
     if min_fine_step is None:  # 2^-10, or down to the narrowest posterior's sd (FINEST_STEP at most)
-        narrowest = float(sd_min.min()) if len(x) else 1.0
-        min_fine_step = max(FINEST_STEP, min(2.0 ** -10, 2.0 ** math.floor(math.log2(max(narrowest, 1e-30)))))
+        narrowest = float(sd_min.min())
+        min_fine_step = max(FINEST_STEP[d], min(2.0 ** -10, 2.0 ** math.floor(math.log2(max(narrowest, 1e-30)))))
     unseen = narrow  # narrow images at the finest step so far (the loop goes on until there are none)
     while bool(todo.any()) and fine_step >= min_fine_step and (
             float((answer - coarse).abs().mean()) >= tol or bool(unseen.any())):
@@ -442,6 +454,8 @@ def exact_nll(model: VAE, x: torch.Tensor, *, objective: str = "elbo", tol: floa
         coarse = torch.where(todo, refined["coarse"], coarse)
         unseen = sd_min < fine_step / NARROW
         todo &= ((answer - coarse).abs() >= RESOLVED) | unseen
+        if float((answer - coarse).abs().mean()) < tol:  # converged but for narrow ones: refine only those
+            todo &= unseen
         used, fine_step = fine_step, fine_step / 2
     d_step = (answer - coarse).abs()
     info = {"prior_extent": extent, "limit": limit, "scan_step": scan_step, "fine_step": used, "tile": s.tile,
