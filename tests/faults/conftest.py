@@ -12,7 +12,7 @@ import torch
 from vaelab import data as vdata
 
 from .fakecli import trusted_specs
-from .faultkit import RUN_ARGS, SMALL_ARGS, finish, run_cli, start, sums_of, write_cli_sized_mnist
+from .faultkit import FAULT_KERNEL, RUN_ARGS, SMALL_ARGS, finish, run_cli, start, sums_of, write_cli_sized_mnist
 
 
 @contextlib.contextmanager
@@ -28,8 +28,11 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Every fault test trains with one thread (restored afterwards, for the rest of the suite)."""
+def _one_torch_thread_one_kernel(monkeypatch: pytest.MonkeyPatch):
+    """Every fault test trains with one thread and FAULT_KERNEL, as its children and references do
+    (both restored afterwards, for the rest of the suite)."""
+    for name, value in FAULT_KERNEL.items():
+        monkeypatch.setenv(name, value)
     with one_thread():
         yield
 
@@ -72,6 +75,8 @@ def small_reference(cli_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path
     root, sums = cli_mnist
     run_dir = tmp_path_factory.mktemp("small-reference") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch, one_thread():  # (runs before the autouse fixture)
+        for name, value in FAULT_KERNEL.items():
+            monkeypatch.setenv(name, value)
         for name, spec in trusted_specs(json.loads(sums.read_text())).items():
             monkeypatch.setitem(vdata.SPECS, name, spec)
         code, _, err = run_cli(["train", *SMALL_ARGS, "--data-dir", root, "--out", run_dir])

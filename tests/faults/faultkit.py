@@ -19,6 +19,7 @@ from pathlib import Path
 from conftest import fake_digits, idx_bytes
 from vaelab import data as vdata
 from vaelab.checkpoint import checkpoint_paths, load_tensors
+from vaelab.linear import KERNEL_ENV
 from vaelab.runfiles import read_json
 
 HERE = Path(__file__).resolve().parent
@@ -63,14 +64,21 @@ def current_sums(name: str = "mnist") -> dict:
     return {name: {role: {"md5": f.md5, "gz_md5": f.gz_md5} for role, f in vdata.SPECS[name].files.items()}}
 
 
+# The linear kernel every fault-suite run uses. Left to the probe, each process (each with its own cache)
+# times torch against oneDNN anew, and where the two are close a faulted run and its reference picked
+# different kernels: same weights, different metadata, byte comparisons failed (seen on an AMD Zen 3).
+FAULT_KERNEL = {KERNEL_ENV: "torch"}
+
+
 def child_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child `vaelab`: no real data, a private cache, no network (a proxy on a
-    closed port makes any download attempt fail at once instead of hanging), and one torch thread:
-    on a busy two-core machine, OpenMP threads spin-waiting for each other made epochs 50x slower."""
+    closed port makes any download attempt fail at once instead of hanging), one torch thread (on a
+    busy two-core machine, OpenMP threads spin-waiting for each other made epochs 50x slower), and
+    FAULT_KERNEL."""
     env = {k: v for k, v in os.environ.items() if k not in (vdata.ENV_DATA, "no_proxy", "NO_PROXY")}
     closed = "http://127.0.0.1:9"
     env.update({vdata.ENV_CACHE: str(tmp / "cache"), "OMP_NUM_THREADS": "1", "http_proxy": closed,
-                "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed})
+                "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, **FAULT_KERNEL})
     env.update(extra or {})
     return env
 
