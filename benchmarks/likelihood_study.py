@@ -83,7 +83,8 @@ def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_ima
     study.json and reused while the run's best epoch and these settings are unchanged (an evaluation of a
     learned-prior model takes minutes)."""
     model, config, meta = load_trained(run_dir, "cpu")
-    key = {"version": SCORES_VERSION, "best_epoch": meta.get("epoch"), "nll_images": nll_images, "iwae_k": iwae_k, "iwae_images": iwae_images}
+    key = {"version": SCORES_VERSION, "best_epoch": meta.get("epoch"), "nll_images": nll_images, "iwae_k": iwae_k,
+           "iwae_images": iwae_images}
     cache = run_dir / "study.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
