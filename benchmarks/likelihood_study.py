@@ -13,28 +13,33 @@ exact,iwae --k K` already run on the same weights and images is reused too); `--
     VAELAB_DATA=../shared/data .venv/bin/python benchmarks/likelihood_study.py --out study
     ... --variants recipe --latent-dims 2     # the recipe alone
     ... --quick    # the same pipeline in minutes: 1 seed, 2 epochs, 10000 training images, small k
+    ... --workers 2   # two runs at a time, each in its own process with its share of the cores
+Runs are trained first (in this process, or `--workers N` at a time as `vaelab reproduce --workers N` trains
+its runs), then scored here one after another with all cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from vaelab import executors
 from vaelab.checkpoint import load_trained
 from vaelab.config import PRESETS, QUICK_TRAIN_IMAGES, RunConfig, parse_hidden
 from vaelab.data import load_data
 from vaelab.device import cpu_model
 from vaelab.evaluate import evaluate_run
 from vaelab.likelihood import exact_nll
+from vaelab.reproduce import ReproduceError, RunSpec, check_existing, ensure_run, is_complete, train_job
 from vaelab.runfiles import CONFIG_FILE, EVALUATION_FILE
-from vaelab.training import resume, train
+from vaelab.training import TrainingInterrupted
 
 RECIPE = "z2-best"
 # The short budget the "- epochs" variant trains: reproduce's budget when this study was measured (20 epochs,
@@ -111,6 +116,50 @@ def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_ima
     return scores
 
 
+def trained(runs: list[tuple], *, data, data_dir: str | None, workers: int) -> dict[Path, str]:
+    """Make every run of `runs` a finished run (reused, resumed or trained), in this process or `workers` at a
+    time in worker processes; returns the failed ones (run dir -> error). Ctrl-C stops them all, each run
+    keeping its last checkpoint, and the same command continues them."""
+    interrupted = "interrupted (each run keeps its last checkpoint); the same command continues them"
+    failed = {}
+
+    def fail(run_dir: Path, error: str) -> None:
+        failed[run_dir] = error
+        print(f"  {run_dir.name}: failed: {error}", flush=True)
+
+    if workers == 1:
+        for _, _, _, spec, run_dir in runs:
+            try:
+                ensure_run(spec, run_dir, data=data, device="cpu")
+            except TrainingInterrupted:
+                sys.exit(interrupted)
+            except Exception as e:  # reported under the others' table, as the workers' failures are
+                fail(run_dir, f"{type(e).__name__}: {e}")
+        return failed
+    todo = []  # a finished run is reused here, not in a worker that loads the data first
+    for _, _, _, spec, run_dir in runs:
+        try:
+            if (run_dir / CONFIG_FILE).exists():
+                check_existing(spec, run_dir)
+                if is_complete(spec, run_dir):
+                    continue
+        except ReproduceError as e:
+            fail(run_dir, f"{type(e).__name__}: {e}")
+            continue
+        todo.append((spec, run_dir))
+    jobs = [(spec, str(run_dir), data_dir, False, "cpu", executors.threads_per_job(workers)) for spec, run_dir in todo]
+    try:
+        for i, (status, value) in executors.processes(train_job, jobs, workers):
+            run_dir = todo[i][1]
+            if status == "ok":
+                print(f"  {run_dir.name}: {value['what']} ({value['seconds']:.0f} s)", flush=True)
+            else:
+                fail(run_dir, str(value))
+    except KeyboardInterrupt:
+        sys.exit(interrupted)
+    return failed
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "—"
@@ -138,7 +187,11 @@ def main() -> None:
     parser.add_argument("--out", default="study", help="runs go to OUT/runs; results.{json,md} to OUT")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size)
+    parser.add_argument("--workers", type=int, default=1, help="train N runs at a time, each in its own process "
+                        "with its share of the cores [default: 1, in this process]")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     quick = args.quick
     epochs = args.epochs if args.epochs is not None else QUICK["epochs"] if quick else PRESETS[RECIPE]["epochs"]
     seeds = args.seeds if args.seeds is not None else QUICK["seeds"] if quick else 3
@@ -157,36 +210,39 @@ def main() -> None:
     started = time.perf_counter()
 
     data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
-    if quick:
-        data = dataclasses.replace(data, train=data.train[:QUICK_TRAIN_IMAGES])
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, "
-          f"{seeds} seeds, latent {latent_dims}; {len(data.train)} training images; test IWAE_{iwae_k}")
-    rows = []
+    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, {seeds} seeds, latent {latent_dims}; "
+          f"{QUICK_TRAIN_IMAGES if quick else len(data.train)} training images; test IWAE_{iwae_k}; "
+          f"{args.workers} worker(s)")
+    runs = []  # (latent dim, seed, variant, spec, run dir), latent- then seed-major
     for d in latent_dims:
-        per_variant: dict[str, list[dict]] = {}
         for seed in range(seeds):
             for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, valid_size=args.valid_size,
                                         **overrides).items():
-                if chosen_variants and name not in chosen_variants:
-                    continue
-                run_dir = out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"
-                if (run_dir / CONFIG_FILE).exists():
-                    resume(run_dir, data=data, progress=False, log=lambda _: None)
-                else:
-                    train(config, run_dir, data=data, progress=False, log=lambda _: None)
-                # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
-                timing = (run_dir / "timing.jsonl").read_text().splitlines()
-                seconds = sum(json.loads(line)["seconds"] for line in timing)
-                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
-                valid_nll = scores["valid_exact_nll"]
-                record = {"latent_dim": d, "variant": name, "seed": seed, **scores,
-                          "train_seconds": round(seconds, 1), "config": config.to_dict()}
-                per_variant.setdefault(name, []).append(record)
-                rows.append(record)
-                print(f"  z={d} {name:10} seed {seed}: valid NLL {valid_nll:.2f}, test NLL "
-                      f"{record['test_exact_nll']:.2f}, IWAE {record['test_iwae']:.2f}, -ELBO "
-                      f"{record['test_neg_elbo']:.2f} ({seconds:.0f} s)", flush=True)
+                if not chosen_variants or name in chosen_variants:
+                    spec = RunSpec(config, QUICK_TRAIN_IMAGES if quick else None)
+                    runs.append((d, seed, name, spec, out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"))
+    failed = trained(runs, data=data, data_dir=args.data_dir, workers=args.workers)
+
+    rows = []
+    for d in latent_dims:
+        per_variant: dict[str, list[dict]] = {}
+        for run_d, seed, name, spec, run_dir in runs:
+            if run_d != d or run_dir in failed:
+                continue
+            # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
+            timing = (run_dir / "timing.jsonl").read_text().splitlines()
+            seconds = sum(json.loads(line)["seconds"] for line in timing)
+            scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
+            record = {"latent_dim": d, "variant": name, "seed": seed, **scores,
+                      "train_seconds": round(seconds, 1), "config": spec.config.to_dict()}
+            per_variant.setdefault(name, []).append(record)
+            rows.append(record)
+            print(f"  z={d} {name:10} seed {seed}: valid NLL {record['valid_exact_nll']:.2f}, test NLL "
+                  f"{record['test_exact_nll']:.2f}, IWAE {record['test_iwae']:.2f}, -ELBO "
+                  f"{record['test_neg_elbo']:.2f} ({seconds:.0f} s)", flush=True)
+        if not per_variant:
+            continue
         chosen = min(per_variant, key=lambda v: statistics.mean(r["valid_exact_nll"] for r in per_variant[v]))
         for name, records in per_variant.items():
             for r in records:
@@ -214,6 +270,11 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"cpu": cpu_model(), "cores": os.cpu_count(),
                                                   "torch": torch.__version__, "wall_seconds": round(total, 1),
                                                   "rows": rows}, indent=1))
+    if failed:
+        for run_dir, error in failed.items():
+            print(f"failed: {run_dir.name}: {error}", file=sys.stderr)
+        sys.exit(f"{len(failed)} of {len(runs)} runs failed (not in the table); the others are kept: the same "
+                 "command trains the failed ones again")
 
 
 if __name__ == "__main__":

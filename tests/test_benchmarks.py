@@ -6,6 +6,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import FAKE_TRAIN, FAKE_VALID
@@ -79,3 +80,32 @@ def test_likelihood_study_prints_every_variant_with_the_chosen_one(fake_mnist, m
     recipe = next(r for r in saved["rows"] if r["variant"] == "recipe")
     assert recipe["config"]["preset"] == "z2-best" and recipe["config"]["objective"] == "iwae"
     assert (out / "results.md").read_text().startswith("| latent | variant |")
+
+
+def test_likelihood_study_trains_in_workers_reports_a_failed_run_and_reuses_the_others(mnist_root, monkeypatch,
+                                                                                        capsys, tmp_path):
+    """(Real MNIST: a worker is a fresh interpreter, which does not trust the fake files as this one does.)"""
+    out = tmp_path / "study"
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    common = ["--data-dir", str(mnist_root), "--quick", "--epochs", "1",
+              "--batch-size", "64", "--iwae-k", "8", "--nll-images", "30", "--latent-dims", "1", "--out", str(out)]
+    # a baseline made with other widths first: the study must not resume it as its own
+    run_benchmark("likelihood_study.py", [*common, "--hidden", "8", "--variants", "baseline"], monkeypatch)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="1 of 3 runs failed"):
+        run_benchmark("likelihood_study.py", [*common, "--hidden", "16", "--variants", "recipe,- iwae,baseline",
+                                              "--workers", "2"], monkeypatch)
+    printed = capsys.readouterr()
+    assert "2 worker(s)" in printed.out
+    assert re.search(r"baseline-z1-s0: failed: ReproduceError: .*hidden", printed.out), printed.out
+    assert "failed: baseline-z1-s0" in printed.err
+    table = [line.split(" | ")[1].split(" (")[0] for line in printed.out.splitlines() if line.startswith("| 1 ")]
+    assert table == ["recipe", "- iwae"]
+    first = json.loads((out / "results.json").read_text())["rows"]
+    timing = (out / "runs" / "recipe-z1-s0" / "timing.jsonl").read_text()
+    # in this process now: the finished runs are reused (not trained again) and score the same
+    run_benchmark("likelihood_study.py", [*common, "--hidden", "16", "--variants", "recipe,- iwae"], monkeypatch)
+    assert (out / "runs" / "recipe-z1-s0" / "timing.jsonl").read_text() == timing
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["test_exact_nll"], r["test_iwae"]) for r in again] == \
+        [(r["variant"], r["test_exact_nll"], r["test_iwae"]) for r in first]
