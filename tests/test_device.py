@@ -49,6 +49,38 @@ def test_native_bfloat16_follows_the_cpu_flags(monkeypatch):
     assert vdevice.native_bfloat16(torch.device("mps")) is False
 
 
+
+ZEN3 = """processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 1
+model name	: AMD EPYC
+flags		: fpu sse2 avx avx2 fma
+
+processor	: 1
+model name	: something else
+"""
+
+
+def test_the_cpu_is_named_with_family_model_and_vector_units(monkeypatch, tmp_path):
+    """Two AMD EPYC generations report the same model name: the family and model tell them apart."""
+    assert vdevice.describe_cpu({"model name": "AMD EPYC", "cpu family": "25", "model": "1",
+                                 "flags": "avx avx2 fma"}) == "AMD EPYC (family 25 model 1, AVX2)"
+    assert vdevice.describe_cpu({"model name": "AMD EPYC", "cpu family": "26", "model": "2",
+                                 "flags": "avx2 avx512f avx512_bf16"}) == "AMD EPYC (family 26 model 2, AVX-512, BF16)"
+    assert vdevice.describe_cpu({"model name": "Intel(R) Xeon(R) Processor", "cpu family": "6", "model": "143",
+                                 "flags": "avx2 avx512f avx512_bf16 amx_bf16 amx_tile"}) == \
+        "Intel(R) Xeon(R) Processor (family 6 model 143, AVX-512, BF16, AMX)"
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert vdevice.describe_cpu({}) == "arm"  # (no /proc/cpuinfo: macOS, Windows)
+    # read from /proc/cpuinfo's first processor
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN3)
+    real_path = vdevice.Path
+    monkeypatch.setattr(vdevice, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    assert vdevice.cpu_model() == "AMD EPYC (family 25 model 1, AVX2)"
+    assert vdevice.cpu_flags() == {"fpu", "sse2", "avx", "avx2", "fma"}
+
 PAGE_FAULTS = """
 import resource, sys, torch
 from vaelab.config import RunConfig

@@ -45,26 +45,44 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}") from None
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux); empty where it cannot be read."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def describe_cpu(info: dict[str, str]) -> str:
+    """Model name, family and model numbers, and the vector units that set its matmul speed, e.g.
+    "AMD EPYC (family 25 model 1, AVX2)". The family and model tell CPUs apart whose model name does
+    not (cloud machines report a Zen 3 and a Zen 5 both as "AMD EPYC"); unknown where not given."""
+    name = info.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(info.get("flags", "").split())
+    details = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
+    details += [label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags][:1]
+    details += [label for flag, label in (("avx512_bf16", "BF16"), ("amx_tile", "AMX")) if flag in flags]
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def cpu_model() -> str:
+    """This machine's CPU as `describe_cpu` names it: what every speed figure is printed with, and the key
+    under which the probed linear kernel is cached."""
+    return describe_cpu(_cpuinfo())
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def native_bfloat16(device: torch.device) -> bool:
