@@ -27,6 +27,8 @@ def test_train_speed_prints_both_times_the_ratio_and_the_matmul_share(fake_mnist
     assert re.search(r"vaelab trainer, batch 128: +[\d.]+ s/epoch .* -> [\d.]+x faster \(vaelab's default\)", out)
     assert f"vaelab trainer, batch 512: not timed (more than the {FAKE_TRAIN - FAKE_VALID} training images)" in out
     assert re.search(r"-> \d+% of torch\.matmul, \d+% of the faster matmul", out), out
+    assert re.search(r"its matmuls alone at batch 128: [\d.]+ s/epoch, [\d.]+ GFLOP/s -> \d+% of the faster matmul, "
+                     r"[\d.]+x the reference .*vaelab spends \d+% of its epoch in them", out), out
     assert re.search(r"^.+, \d+ cores; torch .+, \d+ threads;", out, re.M), out  # the CPU it measured
     assert re.search(r"linear kernel: (onednn|torch) \(probe: torch [\d.]+ ms, oneDNN ([\d.]+ ms|n/a)\)", out), out
 

@@ -29,7 +29,9 @@ KERNEL_ENV = "VAELAB_LINEAR"
 # oneDNN is taken only when the probe finds it this much faster: far from both measured families
 # (AMD EPYC Zen 5: ~2x; Intel Sapphire Rapids: 0.95x), so a noisy probe does not flip the choice.
 ONEDNN_MARGIN = 1.3
-PROBE_SHAPE = (512, 784, 512)  # batch x in x out: the default MLP's widest layer at the default batch
+# batch x in x out: the default MLP's widest layer at the recipes' batch (the trainer's default when this was
+# chosen; it is 128 now). Forward only; the backward's two products have the same FLOPs in other shapes.
+PROBE_SHAPE = (512, 784, 512)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,12 +51,13 @@ def onednn_available() -> bool:
     return True
 
 
-def _best_seconds(fn, reps: int = 7) -> float:
-    fn()  # warm-up (first-call set-up, caches)
+def best_seconds(fn, *args, reps: int = 7) -> float:
+    """The fastest of `reps` calls fn(*args), after one to warm up (first-call set-up, caches)."""
+    fn(*args)
     best = float("inf")
     for _ in range(reps):
         started = time.perf_counter()
-        fn()
+        fn(*args)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -66,9 +69,9 @@ def probe() -> dict:
     m, k, n = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=generator) for shape in ((m, k), (n, k), (n,)))
-    result = {"torch": _best_seconds(lambda: F.linear(x, w, b)), "onednn": None}
+    result = {"torch": best_seconds(F.linear, x, w, b), "onednn": None}
     if onednn_available():
-        result["onednn"] = _best_seconds(lambda: onednn_linear(x, w, b))
+        result["onednn"] = best_seconds(onednn_linear, x, w, b)
     return result
 
 
