@@ -25,8 +25,7 @@ from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.device import cpu_model, native_bfloat16
 from vaelab.evaluate import evaluate_run
-from vaelab.linear import preferred_kernel
-from vaelab.training import train
+from vaelab.training import machine_kernel, train
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -47,7 +46,7 @@ def main() -> None:
         raise SystemExit(f"{cpu_model()} has no native bfloat16 (AVX-512 BF16 or AMX): nothing to compare")
     data = load_data(RunConfig(), args.data_dir)
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"linear kernel {preferred_kernel()}; default VAE (paper objective, latent 2), batch {args.batch_size}, "
+          f"linear kernel {machine_kernel()}; default VAE (paper objective, latent 2), batch {args.batch_size}, "
           f"{args.epochs} epochs, {args.seeds} seeds")
     rows: dict[str, list[dict]] = {p: [] for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:

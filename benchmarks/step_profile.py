@@ -23,8 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.device import cpu_model
-from vaelab.linear import preferred_kernel
-from vaelab.training import train
+from vaelab.training import machine_kernel, train
 
 # operator name fragments -> group (first match wins; names are torch's aten / mkldnn operators)
 GROUPS = [
@@ -55,11 +54,13 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--top", type=int, default=0, help="also list the N operators of most self time, "
+                        "each with its group")
     args = parser.parse_args()
     config = dataclasses.replace(RunConfig(), epochs=args.epochs, precision=args.precision)
     data = load_data(config, args.data_dir)
     print(f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"linear kernel {preferred_kernel()}; precision {config.precision}; batch {config.batch_size}, hidden "
+          f"linear kernel {machine_kernel()}; precision {config.precision}; batch {config.batch_size}, hidden "
           f"{','.join(map(str, config.hidden))}, {len(data.train)} training images")
     with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
@@ -74,6 +75,12 @@ def main() -> None:
           "operator self time (summed over threads)")
     for group, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {group:40} {seconds:7.2f} s  {seconds / op_total:6.1%}")
+    if args.top:
+        print(f"the {args.top} operators of most self time:")
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.top]
+        for event in events:
+            print(f"  {event.key[:48]:48} {event.self_cpu_time_total / 1e6:7.2f} s  {event.count:7d} calls  "
+                  f"({group_of(event.key)})")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from vaelab.linear import (
     set_kernel,
 )
 from vaelab.models import init_model
-from vaelab.training import train
+from vaelab.training import machine_kernel, train
 
 
 class PilMnist(Dataset):
@@ -191,7 +191,9 @@ def main() -> None:
           f"{len(data.train)} training and {len(data.valid)} held-out images per epoch")
     timed = probe()
     onednn_ms = "n/a" if timed["onednn"] is None else f"{1e3 * timed['onednn']:.2f} ms"
-    print(f"linear kernel: {preferred_kernel()} (probe: torch {1e3 * timed['torch']:.2f} ms, oneDNN {onednn_ms}); "
+    kernel = machine_kernel()  # what the trainer takes: $VAELAB_LINEAR, else this machine's cached probe
+    differs = f"; this process's probe prefers {preferred_kernel()}" if preferred_kernel() != kernel else ""
+    print(f"linear kernel: {kernel} (probe: torch {1e3 * timed['torch']:.2f} ms, oneDNN {onednn_ms}{differs}); "
           f"precision float32" + (", bfloat16 timed too (native here)" if native_bfloat16(torch.device("cpu"))
                                   else ", bfloat16 not timed (emulated on this CPU)"))
     matmuls = {"torch.matmul": matmul_gflops(torch.matmul)}  # MKL on x86
@@ -223,7 +225,7 @@ def main() -> None:
           f"torch.matmul, {rate / max(matmuls.values()):.0%} of the faster matmul (target >= 70%)")
     # The ceiling: the same products with nothing else in the epoch. Below 70% of the faster matmul, or above
     # the reference's time / 3.5, no saving outside the matmuls reaches the targets at this batch.
-    alone = matmuls_alone(config, preferred_kernel(), len(data.train), len(data.valid))
+    alone = matmuls_alone(config, kernel, len(data.train), len(data.valid))
     ceiling = epoch_flops(config, len(data.train), len(data.valid)) / alone / 1e9
     print(f"its matmuls alone at batch {args.batch_size}: {alone:.2f} s/epoch, {ceiling:.1f} GFLOP/s -> "
           f"{ceiling / max(matmuls.values()):.0%} of the faster matmul, {reference / alone:.2f}x the reference "

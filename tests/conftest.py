@@ -20,6 +20,16 @@ FAKE_VALID = 100  # use RunConfig(valid_size=FAKE_VALID) with the fake data
 REAL_DATA = os.environ.get(vdata.ENV_DATA)
 
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test, and every process a test starts, gets a cache directory of this session instead of the
+    user's: a test's probed linear kernel or classifier must not become the machine's (a probe timed while
+    the tests load the cores once cached oneDNN for later real runs). Tests that need their own set it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(vdata.ENV_CACHE, str(tmp_path_factory.mktemp("cache")))
+        yield
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """uint8 array (N,) or (N, 28, 28) -> IDX bytes."""
     magic = bytes([0, 0, 0x08, array.ndim])

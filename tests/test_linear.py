@@ -143,6 +143,28 @@ def test_the_probe_times_both_kernels_once():
     assert (timed["onednn"] is None) != onednn_available()
 
 
+def test_the_probe_times_what_training_asks_of_a_layer_both_kernels_in_turn(monkeypatch):
+    x, w, b, g = torch.randn(6, 50), torch.randn(40, 50), torch.randn(40), torch.randn(6, 40)
+    layer_input, weight = x.clone().requires_grad_(), w.clone().requires_grad_()
+    torch.nn.functional.linear(layer_input, weight, b).backward(g)
+    for kernel in ("torch", "onednn") if onednn_available() else ("torch",):
+        y, grad_x, grad_w = linear.layer_products(kernel, x, w, b, g)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b))
+        torch.testing.assert_close(grad_x, layer_input.grad)
+        torch.testing.assert_close(grad_w, weight.grad)
+    calls = []
+    monkeypatch.setattr(linear, "layer_products", lambda kernel, *tensors: calls.append(kernel))
+    monkeypatch.setattr(linear, "onednn_available", lambda: True)
+    linear.probe.cache_clear()
+    try:
+        timed = linear.probe()
+    finally:
+        linear.probe.cache_clear()
+    # a warm-up each, then the two in turn: load from elsewhere falls on both alike
+    assert calls == ["torch", "onednn"] * (1 + linear.PROBE_ROUNDS)
+    assert set(timed) == {"torch", "onednn"} and all(s >= 0 for s in timed.values())
+
+
 def test_a_layer_set_to_torch_never_calls_onednn(monkeypatch):
     model = torch.nn.Sequential(Linear(50, 40), torch.nn.ReLU(), Linear(40, 40))
     linear.set_kernel(model, "torch")

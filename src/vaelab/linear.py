@@ -3,8 +3,8 @@
 Why: torch's CPU linear layer calls MKL's sgemm, which on AMD CPUs takes a generic path; on the
 2-core AMD EPYC (Zen 5) this project is measured on, oneDNN's float32 kernels run the MLP's matmuls
 at about 2x the rate. On an Intel Xeon (Sapphire Rapids) oneDNN measured 0.95x MKL. So the kernel is
-chosen by measurement, not by vendor: `preferred_kernel` times both once per process at the MLP's
-shape and takes oneDNN only when it is clearly faster (ONEDNN_MARGIN); a run records the kernel it
+chosen by measurement, not by vendor: `preferred_kernel` times both once per process on the products of
+the MLP's widest layer and takes oneDNN only when it is clearly faster (ONEDNN_MARGIN); a run records the kernel it
 started with and keeps it on --resume (the summation order, and so the last bits, follow the kernel).
 The arithmetic stays float32 either way. Anything else (CUDA, float64, autocast, oneDNN switched off
 or missing) takes plain nn.Linear. $VAELAB_LINEAR=onednn|torch overrides the probe.
@@ -30,7 +30,7 @@ KERNEL_ENV = "VAELAB_LINEAR"
 # (AMD EPYC Zen 5: ~2x; Intel Sapphire Rapids: 0.95x), so a noisy probe does not flip the choice.
 ONEDNN_MARGIN = 1.3
 # batch x in x out: the default MLP's widest layer at the recipes' batch (the trainer's default when this was
-# chosen; it is 128 now). Forward only; the backward's two products have the same FLOPs in other shapes.
+# chosen; it is 128 now).
 PROBE_SHAPE = (512, 784, 512)
 
 
@@ -62,17 +62,38 @@ def best_seconds(fn, *args, reps: int = 7) -> float:
     return best
 
 
+PROBE_ROUNDS = 7
+
+
+def layer_products(kernel: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple:
+    """What a training step asks of one layer (y = x wᵀ + b, upstream gradient g): y, dL/dx and dL/dw, by
+    `kernel` as Linear computes them."""
+    if kernel == "onednn":
+        return onednn_linear(x, w, b), onednn_linear(g, w.t()), onednn_linear(g.t(), x.t())
+    return F.linear(x, w, b), g @ w, g.t() @ x
+
+
 @functools.cache
 def probe() -> dict:
-    """Seconds of one float32 product at PROBE_SHAPE by torch's F.linear and by oneDNN (best of several),
-    timed once per process; {"torch": s, "onednn": s or None where oneDNN cannot run}."""
+    """Seconds of one layer's three float32 products at PROBE_SHAPE (forward, input and weight gradients) by
+    torch's kernels and by oneDNN, timed once per process: the fastest of PROBE_ROUNDS rounds, each round
+    timing both in turn, so that load from other processes falls on both alike (an earlier probe timed the
+    forward product only, all of torch's calls before all of oneDNN's, and on an AMD EPYC Zen 3 loaded by
+    other work, where the two are about equal, it once chose oneDNN).
+    {"torch": s, "onednn": s or None where oneDNN cannot run}."""
     m, k, n = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((m, k), (n, k), (n,)))
-    result = {"torch": best_seconds(F.linear, x, w, b), "onednn": None}
-    if onednn_available():
-        result["onednn"] = best_seconds(onednn_linear, x, w, b)
-    return result
+    x, w, b, g = (torch.randn(*shape, generator=generator) for shape in ((m, k), (n, k), (n,), (m, n)))
+    kernels = ("torch", "onednn") if onednn_available() else ("torch",)
+    best = {kernel: float("inf") for kernel in kernels}
+    for kernel in kernels:
+        layer_products(kernel, x, w, b, g)  # warm-up (first-call set-up, caches)
+    for _ in range(PROBE_ROUNDS):
+        for kernel in kernels:
+            started = time.perf_counter()
+            layer_products(kernel, x, w, b, g)
+            best[kernel] = min(best[kernel], time.perf_counter() - started)
+    return {"torch": best["torch"], "onednn": best.get("onednn")}
 
 
 def preferred_kernel() -> str:
