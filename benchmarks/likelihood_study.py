@@ -15,7 +15,9 @@ exact,iwae --k K` already run on the same weights and images is reused too); `--
     ... --quick    # the same pipeline in minutes: 1 seed, 2 epochs, 10000 training images, small k
     ... --workers 2   # two runs at a time, each in its own process with its share of the cores
 Runs are trained first (in this process, or `--workers N` at a time as `vaelab reproduce --workers N` trains
-its runs), then scored here one after another with all cores.
+its runs), then scored here one after another with all cores. The table (and OUT/results.{md,json}) lists
+the runs asked for and every other run of the study in OUT already finished and scored with the same
+settings, so that a study run in parts ends with one table.
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ def configs(*, latent_dim: int, seed: int, epochs: int, valid_size: int, **overr
     return out
 
 
-def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_images: int | None) -> dict:
+def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_images: int | None,
+           saved_only: bool = False) -> dict | None:
     """Validation exact NLL, test exact NLL, test IWAE_k and −ELBO of a run's best weights; kept in the run's
     study.json and reused while the run's best epoch and these settings are unchanged (an evaluation of a
-    learned-prior model takes minutes)."""
+    learned-prior model takes minutes). `saved_only`: those kept, or None."""
     model, config, meta = load_trained(run_dir, "cpu")
     key = {"version": SCORES_VERSION, "best_epoch": meta.get("epoch"), "nll_images": nll_images, "iwae_k": iwae_k,
            "iwae_images": iwae_images}
@@ -95,6 +98,8 @@ def scored(run_dir: Path, *, data, nll_images: int | None, iwae_k: int, iwae_ima
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["scores"]
+    if saved_only:
+        return None
     valid_nll = float(exact_nll(model, data.valid[:nll_images], objective=config.objective).nll.mean())
     n_test = len(data.test[:nll_images])
     saved = json.loads((run_dir / EVALUATION_FILE).read_text()) if (run_dir / EVALUATION_FILE).exists() else {}
@@ -160,6 +165,17 @@ def trained(runs: list[tuple], *, data, data_dir: str | None, workers: int) -> d
     return failed
 
 
+def finished(spec: RunSpec, run_dir: Path) -> bool:
+    """Whether `run_dir` holds a finished run of `spec` (not one made with other settings)."""
+    if not (run_dir / CONFIG_FILE).exists():
+        return False
+    try:
+        check_existing(spec, run_dir)
+    except ReproduceError:
+        return False
+    return is_complete(spec, run_dir)
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "—"
@@ -181,7 +197,7 @@ def main() -> None:
     parser.add_argument("--nll-images", type=int, default=None, help="exact NLL on the first N validation and test "
                         "images [default: all]")
     parser.add_argument("--variants", default=None, help="only these variants, comma-separated (e.g. recipe or "
-                        "'recipe,- iwae'); the table then lists those [default: all]")
+                        "'recipe,- iwae'); the table lists those and the others' runs already scored [default: all]")
     parser.add_argument("--hidden", default=None, help="encoder widths, e.g. 512,256 [default: the recipe's]")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the recipe's]")
     parser.add_argument("--out", default="study", help="runs go to OUT/runs; results.{json,md} to OUT")
@@ -214,26 +230,36 @@ def main() -> None:
     print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, {seeds} seeds, latent {latent_dims}; "
           f"{QUICK_TRAIN_IMAGES if quick else len(data.train)} training images; test IWAE_{iwae_k}; "
           f"{args.workers} worker(s)")
-    runs = []  # (latent dim, seed, variant, spec, run dir), latent- then seed-major
+    grid = []  # (latent dim, seed, variant, spec, run dir) of the whole study, latent- then seed-major
     for d in latent_dims:
         for seed in range(seeds):
             for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, valid_size=args.valid_size,
                                         **overrides).items():
-                if not chosen_variants or name in chosen_variants:
-                    spec = RunSpec(config, QUICK_TRAIN_IMAGES if quick else None)
-                    runs.append((d, seed, name, spec, out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"))
+                spec = RunSpec(config, QUICK_TRAIN_IMAGES if quick else None)
+                grid.append((d, seed, name, spec, out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"))
+    runs = [run for run in grid if not chosen_variants or run[2] in chosen_variants]
     failed = trained(runs, data=data, data_dir=args.data_dir, workers=args.workers)
 
+    # The table: the runs asked for, and the study's other runs that an earlier call (say for other
+    # --variants) finished and scored with these settings, so that a study run in parts has one table.
     rows = []
     for d in latent_dims:
         per_variant: dict[str, list[dict]] = {}
-        for run_d, seed, name, spec, run_dir in runs:
+        for run_d, seed, name, spec, run_dir in grid:
             if run_d != d or run_dir in failed:
+                continue
+            if (run_d, seed, name, spec, run_dir) in runs:
+                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
+            elif finished(spec, run_dir):
+                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images,
+                                saved_only=True)
+                if scores is None:
+                    continue
+            else:
                 continue
             # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
             timing = (run_dir / "timing.jsonl").read_text().splitlines()
             seconds = sum(json.loads(line)["seconds"] for line in timing)
-            scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
             record = {"latent_dim": d, "variant": name, "seed": seed, **scores,
                       "train_seconds": round(seconds, 1), "config": spec.config.to_dict()}
             per_variant.setdefault(name, []).append(record)
