@@ -183,11 +183,24 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
+def parse_seeds(text: str) -> range:
+    """'3' -> seeds 0, 1, 2; '1-2' -> seeds 1, 2."""
+    first, _, last = text.partition("-")
+    try:
+        seeds = range(int(first), int(last) + 1) if last else range(int(first))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or A-B, got {text!r}") from None
+    if not seeds or seeds.start < 0:
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per run [default: the recipe's "
                         f"{PRESETS[RECIPE]['epochs']}; quick: {QUICK['epochs']}]")
-    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 [default: 3; quick: {QUICK['seeds']}]")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, help="N: seeds 0..N-1; A-B: seeds A to B (a study "
+                        f"run in parts; the table lists seeds 0..B) [default: 3; quick: {QUICK['seeds']}]")
     parser.add_argument("--latent-dims", default="1,2")
     parser.add_argument("--quick", action="store_true", help="the pipeline in minutes: 1 seed, 2 epochs, the first "
                         f"{QUICK_TRAIN_IMAGES} training images, IWAE_{QUICK['iwae_k']} on {QUICK['iwae_images']} "
@@ -210,7 +223,7 @@ def main() -> None:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     quick = args.quick
     epochs = args.epochs if args.epochs is not None else QUICK["epochs"] if quick else PRESETS[RECIPE]["epochs"]
-    seeds = args.seeds if args.seeds is not None else QUICK["seeds"] if quick else 3
+    seeds = args.seeds or range(QUICK["seeds"] if quick else 3)
     iwae_k = args.iwae_k or (QUICK["iwae_k"] if quick else 5000)
     iwae_images = args.iwae_images or (QUICK["iwae_images"] if quick else None)
     nll_images = args.nll_images or (QUICK["nll_images"] if quick else None)
@@ -227,17 +240,17 @@ def main() -> None:
 
     data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, {seeds} seeds, latent {latent_dims}; "
+    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, seeds {list(seeds)}, latent {latent_dims}; "
           f"{QUICK_TRAIN_IMAGES if quick else len(data.train)} training images; test IWAE_{iwae_k}; "
           f"{args.workers} worker(s)")
     grid = []  # (latent dim, seed, variant, spec, run dir) of the whole study, latent- then seed-major
     for d in latent_dims:
-        for seed in range(seeds):
+        for seed in range(seeds[-1] + 1):  # seeds below those asked are listed when an earlier call finished them
             for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, valid_size=args.valid_size,
                                         **overrides).items():
                 spec = RunSpec(config, QUICK_TRAIN_IMAGES if quick else None)
                 grid.append((d, seed, name, spec, out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"))
-    runs = [run for run in grid if not chosen_variants or run[2] in chosen_variants]
+    runs = [run for run in grid if (not chosen_variants or run[2] in chosen_variants) and run[1] in seeds]
     failed = trained(runs, data=data, data_dir=args.data_dir, workers=args.workers)
 
     # The table: the runs asked for, and the study's other runs that an earlier call (say for other
@@ -288,7 +301,7 @@ def main() -> None:
             table.append(f"| {d} | {name}{mark} | {' | '.join(cells)} | "
                          f"{statistics.mean(r['train_seconds'] for r in records):.0f} |")
     total = time.perf_counter() - started
-    footer = (f"nats per image, mean ± sd over {seeds} seed(s); IWAE_k with k = {iwae_k}; "
+    footer = (f"nats per image, mean ± sd over the seeds listed (up to {seeds[-1] + 1}); IWAE_k with k = {iwae_k}; "
               f"{cpu_model()}, {os.cpu_count()} cores; total wall time {total:.0f} s")
     print("\n".join(["", *table, "", footer]))
     out.mkdir(parents=True, exist_ok=True)

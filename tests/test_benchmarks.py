@@ -112,3 +112,24 @@ def test_likelihood_study_trains_in_workers_reports_a_failed_run_and_reuses_the_
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["variant"], r["test_exact_nll"], r["test_iwae"]) for r in again] == \
         [(r["variant"], r["test_exact_nll"], r["test_iwae"]) for r in first]
+    # a later part of the study: seed 1 of the recipe alone; seed 0's runs are listed beside it, not trained again
+    capsys.readouterr()
+    run_benchmark("likelihood_study.py", [*common, "--hidden", "16", "--variants", "recipe", "--seeds", "1-1"],
+                  monkeypatch)
+    assert (out / "runs" / "recipe-z1-s0" / "timing.jsonl").read_text() == timing
+    assert not (out / "runs" / "- iwae-z1-s1").exists() and not (out / "runs" / "no-iwae-z1-s1").exists()
+    parts = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted((r["variant"], r["seed"]) for r in parts) == [("- iwae", 0), ("recipe", 0), ("recipe", 1)]
+    recipe_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 | recipe"))
+    seeds_nll = [r["test_exact_nll"] for r in parts if r["variant"] == "recipe"]
+    assert f"| {sum(seeds_nll) / 2:.2f} ± " in recipe_row, recipe_row  # the mean of both seeds
+
+
+@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1-2", [1, 2]), ("2-2", [2])])
+def test_likelihood_study_seeds_are_a_count_or_a_range(text, seeds, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    study = runpy.run_path(str(BENCHMARKS / "likelihood_study.py"))
+    assert list(study["parse_seeds"](text)) == seeds
+    for bad in ("0", "2-1", "x", "-1"):
+        with pytest.raises(Exception, match="seeds|expected"):
+            study["parse_seeds"](bad)
