@@ -14,10 +14,13 @@ exact,iwae --k K` already run on the same weights and images is reused too); `--
     ... --variants recipe --latent-dims 2     # the recipe alone
     ... --quick    # the same pipeline in minutes: 1 seed, 2 epochs, 10000 training images, small k
     ... --workers 2   # two runs at a time, each in its own process with its share of the cores
+    ... --seeds 1-2 --include benchmarks/results/likelihood_study-*.json   # a later part, with the earlier ones
 Runs are trained first (in this process, or `--workers N` at a time as `vaelab reproduce --workers N` trains
 its runs), then scored here one after another with all cores. The table (and OUT/results.{md,json}) lists
 the runs asked for and every other run of the study in OUT already finished and scored with the same
-settings, so that a study run in parts ends with one table.
+settings, so that a study run in parts ends with one table. A part run elsewhere (another session's
+machine, whose runs are gone) joins through its results.json (`--include`, rows of the same settings
+only; each row names the CPU that scored it): the study's parts so far are kept in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -176,6 +180,38 @@ def finished(spec: RunSpec, run_dir: Path) -> bool:
     return is_complete(spec, run_dir)
 
 
+def own_record(run: tuple, *, asked: bool, data, settings: dict) -> dict | None:
+    """The table's row for a run of this study in OUT: scored now if it was asked for, else only if finished
+    and already scored with these settings (`settings`: nll_images, iwae_k, iwae_images); else None."""
+    d, seed, name, spec, run_dir = run
+    if not asked and not finished(spec, run_dir):
+        return None
+    scores = scored(run_dir, data=data, **settings, saved_only=not asked)
+    if scores is None:
+        return None
+    # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
+    timing = (run_dir / "timing.jsonl").read_text().splitlines()
+    seconds = sum(json.loads(line)["seconds"] for line in timing)
+    return {"latent_dim": d, "variant": name, "seed": seed, **scores, **settings, "train_images": spec.train_images,
+            "cpu": cpu_model(), "train_seconds": round(seconds, 1), "config": spec.config.to_dict()}
+
+
+def included(paths: list[str], grid: list[tuple], settings: dict) -> dict[tuple, dict]:
+    """(latent dim, variant, seed) -> the row of an earlier results.json whose run had this study's settings
+    (its config and training images) and was scored as this call scores (`settings`)."""
+    wanted = {(d, name, seed): spec for d, seed, name, spec, _ in grid}
+    rows = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            key = (row["latent_dim"], row["variant"], row["seed"])
+            spec = wanted.get(key)
+            if (spec is not None and row.get("config") == json.loads(json.dumps(spec.config.to_dict()))
+                    and row.get("train_images") == spec.train_images
+                    and all(row.get(k) == v for k, v in settings.items())):
+                rows[key] = {k: v for k, v in row.items() if k != "chosen_on_validation"}
+    return rows
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "—"
@@ -216,6 +252,10 @@ def main() -> None:
     parser.add_argument("--out", default="study", help="runs go to OUT/runs; results.{json,md} to OUT")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size)
+    parser.add_argument("--include", nargs="+", default=[], metavar="RESULTS_JSON", help="the rows of earlier "
+                        "results.json files (another session's or machine's part of the study, say one kept under "
+                        "benchmarks/results/) join the table where their run's settings and scoring are these; "
+                        "a run in OUT takes the place of the same run there")
     parser.add_argument("--workers", type=int, default=1, help="train N runs at a time, each in its own process "
                         "with its share of the cores [default: 1, in this process]")
     args = parser.parse_args()
@@ -252,34 +292,26 @@ def main() -> None:
                 grid.append((d, seed, name, spec, out / "runs" / f"{name.replace('- ', 'no-')}-z{d}-s{seed}"))
     runs = [run for run in grid if (not chosen_variants or run[2] in chosen_variants) and run[1] in seeds]
     failed = trained(runs, data=data, data_dir=args.data_dir, workers=args.workers)
+    settings = {"nll_images": nll_images, "iwae_k": iwae_k, "iwae_images": iwae_images}
+    earlier = included(args.include, grid, settings)
 
     # The table: the runs asked for, and the study's other runs that an earlier call (say for other
     # --variants) finished and scored with these settings, so that a study run in parts has one table.
     rows = []
     for d in latent_dims:
         per_variant: dict[str, list[dict]] = {}
-        for run_d, seed, name, spec, run_dir in grid:
+        for run in grid:
+            run_d, seed, name, spec, run_dir = run
             if run_d != d or run_dir in failed:
                 continue
-            if (run_d, seed, name, spec, run_dir) in runs:
-                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images)
-            elif finished(spec, run_dir):
-                scores = scored(run_dir, data=data, nll_images=nll_images, iwae_k=iwae_k, iwae_images=iwae_images,
-                                saved_only=True)
-                if scores is None:
-                    continue
-            else:
+            record = own_record(run, asked=run in runs, data=data, settings=settings) or earlier.get((d, name, seed))
+            if record is None:
                 continue
-            # the run's own epoch times (timing.jsonl): also right for a run trained by an earlier call
-            timing = (run_dir / "timing.jsonl").read_text().splitlines()
-            seconds = sum(json.loads(line)["seconds"] for line in timing)
-            record = {"latent_dim": d, "variant": name, "seed": seed, **scores,
-                      "train_seconds": round(seconds, 1), "config": spec.config.to_dict()}
             per_variant.setdefault(name, []).append(record)
             rows.append(record)
             print(f"  z={d} {name:10} seed {seed}: valid NLL {record['valid_exact_nll']:.2f}, test NLL "
                   f"{record['test_exact_nll']:.2f}, IWAE {record['test_iwae']:.2f}, -ELBO "
-                  f"{record['test_neg_elbo']:.2f} ({seconds:.0f} s)", flush=True)
+                  f"{record['test_neg_elbo']:.2f} ({record['train_seconds']:.0f} s; {record['cpu']})", flush=True)
         if not per_variant:
             continue
         chosen = min(per_variant, key=lambda v: statistics.mean(r["valid_exact_nll"] for r in per_variant[v]))
@@ -288,7 +320,7 @@ def main() -> None:
                 r["chosen_on_validation"] = name == chosen
 
     table = ["| latent | variant | valid exact NLL | test exact NLL | test exact NLL on IWAE's images | test IWAE_k "
-             "| test -ELBO | train s/run |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| test -ELBO | train s/run | seeds |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for d in latent_dims:
         for name in variants(epochs):
             records = [r for r in rows if r["latent_dim"] == d and r["variant"] == name]
@@ -299,10 +331,12 @@ def main() -> None:
                                                                     "test_exact_nll_iwae_images", "test_iwae",
                                                                     "test_neg_elbo")]
             table.append(f"| {d} | {name}{mark} | {' | '.join(cells)} | "
-                         f"{statistics.mean(r['train_seconds'] for r in records):.0f} |")
+                         f"{statistics.mean(r['train_seconds'] for r in records):.0f} | {len(records)} |")
     total = time.perf_counter() - started
-    footer = (f"nats per image, mean ± sd over the seeds listed (up to {seeds[-1] + 1}); IWAE_k with k = {iwae_k}; "
-              f"{cpu_model()}, {os.cpu_count()} cores; total wall time {total:.0f} s")
+    cpus = Counter(r["cpu"] for r in rows)
+    footer = (f"nats per image, mean ± sd over a row's seeds; IWAE_k with k = {iwae_k}; runs scored on "
+              f"{', '.join(f'{cpu} ({n})' for cpu, n in cpus.items()) or 'none'}; this call on {cpu_model()}, "
+              f"{os.cpu_count()} cores; total wall time {total:.0f} s")
     print("\n".join(["", *table, "", footer]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join([*table, "", footer, ""]))

@@ -74,7 +74,7 @@ def test_likelihood_study_prints_every_variant_with_the_chosen_one(fake_mnist, m
     assert [line.split(" | ")[1].split(" (")[0] for line in table] == names * 2
     assert sum("(chosen on validation)" in line for line in table) == 2  # one per latent dimension
     for line in table:
-        assert re.search(r"(\| -?[\d.]+ ± [\d.]+ ){5}\| \d+ \|$", line), line
+        assert re.search(r"(\| -?[\d.]+ ± [\d.]+ ){5}\| \d+ \| 1 \|$", line), line  # ... train s, seeds
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["rows"]) == 12 and {r["iwae_k"] for r in saved["rows"]} == {8}
     # IWAE bounds the exact NLL of its own images (a 1-epoch model's gap is far above IWAE_8's noise)
@@ -123,6 +123,22 @@ def test_likelihood_study_trains_in_workers_reports_a_failed_run_and_reuses_the_
     recipe_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 | recipe"))
     seeds_nll = [r["test_exact_nll"] for r in parts if r["variant"] == "recipe"]
     assert f"| {sum(seeds_nll) / 2:.2f} ± " in recipe_row, recipe_row  # the mean of both seeds
+    assert recipe_row.endswith(" | 2 |")  # seeds
+
+    # another session's part, elsewhere: the rows of this one's results.json join its table where the settings
+    # are its own, and not where they are not (other widths)
+    elsewhere = [*common[:-2], "--variants", "- prior", "--seeds", "1-1", "--include", str(out / "results.json")]
+    run_benchmark("likelihood_study.py", [*elsewhere, "--hidden", "16", "--out", str(tmp_path / "elsewhere")],
+                  monkeypatch)
+    joined = json.loads((tmp_path / "elsewhere" / "results.json").read_text())["rows"]
+    assert sorted((r["variant"], r["seed"]) for r in joined) == [("- iwae", 0), ("- prior", 1), ("recipe", 0),
+                                                                  ("recipe", 1)]
+    assert {r["test_exact_nll"] for r in joined} >= set(seeds_nll) and all(r["cpu"] for r in joined)
+    printed = capsys.readouterr().out
+    assert next(line for line in printed.splitlines() if line.startswith("| 1 | recipe")).endswith(" | 2 |")
+    run_benchmark("likelihood_study.py", [*elsewhere, "--hidden", "8", "--out", str(tmp_path / "narrow")], monkeypatch)
+    alone = json.loads((tmp_path / "narrow" / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["seed"]) for r in alone] == [("- prior", 1)]
 
 
 @pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1-2", [1, 2]), ("2-2", [2])])
