@@ -149,3 +149,29 @@ def test_likelihood_study_seeds_are_a_count_or_a_range(text, seeds, monkeypatch)
     for bad in ("0", "2-1", "x", "-1"):
         with pytest.raises(Exception, match="seeds|expected"):
             study["parse_seeds"](bad)
+
+
+def test_step_parts_prints_the_five_parts_of_a_step(fake_mnist, monkeypatch, capsys):
+    run_benchmark("step_parts.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID), "--batch-size",
+                                    "32", "--steps", "2",
+                                    "--rounds", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    assert re.search(r"^.+, \d+ cores, torch .*linear kernel (torch|onednn); batch 32", out, re.M), out
+    parts = re.findall(r"^  (\d)\. .* ([\d.]+) s/epoch +([\d.]+) ms/step", out, re.M)
+    assert [p[0] for p in parts] == ["1", "2", "3", "4", "5"], out
+    assert all(float(s) > 0 and float(ms) > 0 for _, s, ms in parts)
+
+
+def test_step_parts_asks_for_a_steps_products_in_its_order(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    study = runpy.run_path(str(BENCHMARKS / "step_parts.py"))
+    from vaelab.config import RunConfig
+    from vaelab.models import init_model
+
+    model = init_model(RunConfig(hidden=(16, 8), latent_dim=2))
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ordered = study["products"](model, "torch", 4)
+    assert len(ordered) == 3 * len(layers) - 1  # forward, weight and input gradients; no input gradient for data
+    shapes = [tuple((a @ b).shape) for _, a, b in ordered]
+    assert shapes[:len(layers)] == [(4, m.out_features) for m in layers]  # every layer forward, in order
+    assert shapes[len(layers)] == tuple(layers[-1].weight.shape)  # then backward from the last layer
