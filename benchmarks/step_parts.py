@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import math
 import os
+import statistics
 import time
 
 import torch
@@ -65,11 +66,13 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
     parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size)
+    parser.add_argument("--objective", default=RunConfig.objective, help="[default: the trainer's, %(default)s]")
     parser.add_argument("--steps", type=int, default=50, help="steps per timing [default: 50]")
     parser.add_argument("--rounds", type=int, default=7, help="the five parts timed in turn this many times, "
                         "the fastest round of each kept [default: 7]")
     args = parser.parse_args()
-    config = dataclasses.replace(RunConfig(), batch_size=args.batch_size, valid_size=args.valid_size)
+    config = dataclasses.replace(RunConfig(), batch_size=args.batch_size, valid_size=args.valid_size,
+                                 objective=args.objective)
     data = load_data(config, args.data_dir)
     kernel = machine_kernel()
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
@@ -117,20 +120,23 @@ def main() -> None:
             sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
 
     parts = {"in_order": in_order, "autograd": autograd, "with_adam": with_adam, "whole": whole}
-    best = {name: math.inf for name in ["alone", *parts]}
+    rounds: dict[str, list[float]] = {name: [] for name in ["alone", *parts]}
     with subnormals_flushed():
         for _ in range(args.rounds):
-            best["alone"] = min(best["alone"], sum(timed(lambda p=p: p[0](p[1], p[2]), args.steps) for p in ordered))
+            rounds["alone"].append(sum(timed(lambda p=p: p[0](p[1], p[2]), args.steps) for p in ordered))
             for name, fn in parts.items():
-                best[name] = min(best[name], timed(fn, args.steps))
+                rounds[name].append(timed(fn, args.steps))
     labels = {"alone": "1. products, each alone (warm)", "in_order": "2. products in a step's order",
               "autograd": "3. forward + backward (autograd, objective)", "with_adam": "4. ... + Adam",
               "whole": "5. the trainer's whole step (+ gather, draws, sums)"}
-    print(f"fastest of {args.rounds} rounds of {args.steps} steps each; seconds per epoch of training steps:")
+    print(f"fastest of {args.rounds} rounds of {args.steps} steps each (and the median round); seconds per epoch "
+          "of training steps:")
     previous = None
-    for name, seconds in best.items():
+    for name, times in rounds.items():
+        seconds, median = min(times), statistics.median(times)
         added = "" if previous is None else f"  ({(seconds - previous) * steps_per_epoch:+.2f})"
-        print(f"  {labels[name]:52} {seconds * steps_per_epoch:6.2f} s/epoch  {seconds * 1e3:6.2f} ms/step{added}")
+        print(f"  {labels[name]:52} {seconds * steps_per_epoch:6.2f} s/epoch  {seconds * 1e3:6.2f} ms/step{added:9}"
+              f"  median {median * steps_per_epoch:6.2f} s/epoch")
         previous = seconds
 
 
