@@ -148,10 +148,8 @@ def trained(runs: list[tuple], *, data, data_dir: str | None, workers: int) -> d
     todo = []  # a finished run is reused here, not in a worker that loads the data first
     for _, _, _, spec, run_dir in runs:
         try:
-            if (run_dir / CONFIG_FILE).exists():
-                check_existing(spec, run_dir)
-                if is_complete(spec, run_dir):
-                    continue
+            if finished(spec, run_dir):
+                continue
         except ReproduceError as e:
             fail(run_dir, f"{type(e).__name__}: {e}")
             continue
@@ -170,13 +168,10 @@ def trained(runs: list[tuple], *, data, data_dir: str | None, workers: int) -> d
 
 
 def finished(spec: RunSpec, run_dir: Path) -> bool:
-    """Whether `run_dir` holds a finished run of `spec` (not one made with other settings)."""
+    """Whether `run_dir` holds a finished run of `spec`; ReproduceError if it holds one made with other settings."""
     if not (run_dir / CONFIG_FILE).exists():
         return False
-    try:
-        check_existing(spec, run_dir)
-    except ReproduceError:
-        return False
+    check_existing(spec, run_dir)
     return is_complete(spec, run_dir)
 
 
@@ -184,7 +179,10 @@ def own_record(run: tuple, *, asked: bool, data, settings: dict) -> dict | None:
     """The table's row for a run of this study in OUT: scored now if it was asked for, else only if finished
     and already scored with these settings (`settings`: nll_images, iwae_k, iwae_images); else None."""
     d, seed, name, spec, run_dir = run
-    if not asked and not finished(spec, run_dir):
+    try:
+        if not asked and not finished(spec, run_dir):
+            return None
+    except ReproduceError:  # a run of other settings: not this study's
         return None
     scores = scored(run_dir, data=data, **settings, saved_only=not asked)
     if scores is None:
