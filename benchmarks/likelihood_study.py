@@ -219,9 +219,9 @@ def mean_sd(values: list[float]) -> str:
 
 def parse_seeds(text: str) -> range:
     """'3' -> seeds 0, 1, 2; '1-2' -> seeds 1, 2."""
-    first, _, last = text.partition("-")
+    first, dash, last = text.partition("-")
     try:
-        seeds = range(int(first), int(last) + 1) if last else range(int(first))
+        seeds = range(int(first), int(last) + 1) if dash else range(int(first))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or A-B, got {text!r}") from None
     if not seeds or seeds.start < 0:

@@ -146,7 +146,7 @@ def test_likelihood_study_seeds_are_a_count_or_a_range(text, seeds, monkeypatch)
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     study = runpy.run_path(str(BENCHMARKS / "likelihood_study.py"))
     assert list(study["parse_seeds"](text)) == seeds
-    for bad in ("0", "2-1", "x", "-1"):
+    for bad in ("0", "2-1", "x", "-1", "1-"):
         with pytest.raises(Exception, match="seeds|expected"):
             study["parse_seeds"](bad)
 
