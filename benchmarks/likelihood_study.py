@@ -194,19 +194,53 @@ def own_record(run: tuple, *, asked: bool, data, settings: dict) -> dict | None:
             "cpu": cpu_model(), "train_seconds": round(seconds, 1), "config": spec.config.to_dict()}
 
 
-def included(paths: list[str], grid: list[tuple], settings: dict) -> dict[tuple, dict]:
+# what a row of results.json must hold to join another part's table
+ROW_KEYS = ("latent_dim", "variant", "seed", "valid_exact_nll", "test_exact_nll", "test_exact_nll_iwae_images",
+            "test_iwae", "test_neg_elbo", "iwae_k", "nll_images", "iwae_images", "train_images", "cpu",
+            "train_seconds", "config")
+
+
+def read_included(paths: list[str]) -> list[tuple[str, list[dict]]]:
+    """(path, rows) of each earlier results.json; ValueError naming the file if one cannot be read as one."""
+    out = []
+    for path in paths:
+        try:
+            rows = json.loads(Path(path).read_text())["rows"]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise TypeError("rows is not a list of objects")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--include {path}: not a results.json of this study ({type(e).__name__}: {e})") from None
+        out.append((path, rows))
+    return out
+
+
+def included(files: list[tuple[str, list[dict]]], grid: list[tuple], settings: dict) -> dict[tuple, dict]:
     """(latent dim, variant, seed) -> the row of an earlier results.json whose run had this study's settings
-    (its config and training images) and was scored as this call scores (`settings`)."""
+    (its config and training images) and was scored as this call scores (`settings`); says per file how many
+    rows joined and why the others did not. A later file's row takes the place of an earlier file's."""
     wanted = {(d, name, seed): spec for d, seed, name, spec, _ in grid}
     rows = {}
-    for path in paths:
-        for row in json.loads(Path(path).read_text())["rows"]:
+    for path, file_rows in files:
+        skipped: Counter = Counter()
+        for row in file_rows:
+            missing = [k for k in ROW_KEYS if k not in row]
+            if missing:
+                skipped[f"no {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''} (an older format)"] += 1
+                continue
             key = (row["latent_dim"], row["variant"], row["seed"])
             spec = wanted.get(key)
-            if (spec is not None and row.get("config") == json.loads(json.dumps(spec.config.to_dict()))
-                    and row.get("train_images") == spec.train_images
-                    and all(row.get(k) == v for k, v in settings.items())):
+            if spec is None:
+                skipped["a latent size, variant or seed this call does not table"] += 1
+            elif any(row[k] != v for k, v in settings.items()):
+                skipped["scored with other settings (--nll-images, --iwae-k, --iwae-images)"] += 1
+            elif (row["config"] != json.loads(json.dumps(spec.config.to_dict()))
+                  or row["train_images"] != spec.train_images):
+                skipped["trained with other settings"] += 1
+            else:
                 rows[key] = {k: v for k, v in row.items() if k != "chosen_on_validation"}
+        why = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
+        print(f"--include {path}: {len(file_rows) - sum(skipped.values())} of {len(file_rows)} rows join the table"
+              f"{f' (left out: {why})' if why else ''}")
     return rows
 
 
@@ -273,6 +307,10 @@ def main() -> None:
     unknown = set(chosen_variants or ()) - set(variants(epochs))
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(variants(epochs))}")
+    try:
+        include = read_included(args.include)
+    except ValueError as e:
+        parser.error(str(e))
     out = Path(args.out)
     started = time.perf_counter()
 
@@ -281,9 +319,11 @@ def main() -> None:
     print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, seeds {list(seeds)}, latent {latent_dims}; "
           f"{QUICK_TRAIN_IMAGES if quick else len(data.train)} training images; test IWAE_{iwae_k}; "
           f"{args.workers} worker(s)")
+    # seeds below those asked are listed when an earlier call finished them, and so are --include's rows
+    last_seed = max([seeds[-1], *(r["seed"] for _, rows in include for r in rows if isinstance(r.get("seed"), int))])
     grid = []  # (latent dim, seed, variant, spec, run dir) of the whole study, latent- then seed-major
     for d in latent_dims:
-        for seed in range(seeds[-1] + 1):  # seeds below those asked are listed when an earlier call finished them
+        for seed in range(last_seed + 1):
             for name, config in configs(latent_dim=d, seed=seed, epochs=epochs, valid_size=args.valid_size,
                                         **overrides).items():
                 spec = RunSpec(config, QUICK_TRAIN_IMAGES if quick else None)
@@ -291,11 +331,11 @@ def main() -> None:
     runs = [run for run in grid if (not chosen_variants or run[2] in chosen_variants) and run[1] in seeds]
     failed = trained(runs, data=data, data_dir=args.data_dir, workers=args.workers)
     settings = {"nll_images": nll_images, "iwae_k": iwae_k, "iwae_images": iwae_images}
-    earlier = included(args.include, grid, settings)
+    earlier = included(include, grid, settings)
 
     # The table: the runs asked for, and the study's other runs that an earlier call (say for other
     # --variants) finished and scored with these settings, so that a study run in parts has one table.
-    rows = []
+    rows, choice_seeds = [], {}
     for d in latent_dims:
         per_variant: dict[str, list[dict]] = {}
         for run in grid:
@@ -312,7 +352,11 @@ def main() -> None:
                   f"{record['test_neg_elbo']:.2f} ({record['train_seconds']:.0f} s; {record['cpu']})", flush=True)
         if not per_variant:
             continue
-        chosen = min(per_variant, key=lambda v: statistics.mean(r["valid_exact_nll"] for r in per_variant[v]))
+        # chosen on the seeds every variant has (a study in parts may have more seeds of some)
+        shared = set.intersection(*({r["seed"] for r in records} for records in per_variant.values()))
+        chosen = min(per_variant, key=lambda v: statistics.mean(
+            r["valid_exact_nll"] for r in per_variant[v] if not shared or r["seed"] in shared))
+        choice_seeds[d] = sorted(shared)
         for name, records in per_variant.items():
             for r in records:
                 r["chosen_on_validation"] = name == chosen
@@ -332,7 +376,10 @@ def main() -> None:
                          f"{statistics.mean(r['train_seconds'] for r in records):.0f} | {len(records)} |")
     total = time.perf_counter() - started
     cpus = Counter(r["cpu"] for r in rows)
-    footer = (f"nats per image, mean ± sd over a row's seeds; IWAE_k with k = {iwae_k}; runs scored on "
+    chosen_on = ", ".join(f"latent {d}: seeds {', '.join(map(str, shared)) or 'none shared'}"
+                          for d, shared in choice_seeds.items())
+    footer = (f"nats per image, mean ± sd over a row's seeds; chosen on validation over the seeds all variants have "
+              f"({chosen_on}); IWAE_k with k = {iwae_k}; runs scored on "
               f"{', '.join(f'{cpu} ({n})' for cpu, n in cpus.items()) or 'none'}; this call on {cpu_model()}, "
               f"{os.cpu_count()} cores; total wall time {total:.0f} s")
     print("\n".join(["", *table, "", footer]))
