@@ -214,6 +214,13 @@ def read_included(paths: list[str]) -> list[tuple[str, list[dict]]]:
     return out
 
 
+def same_config(saved: dict, config: RunConfig) -> bool:
+    """Whether a row's saved config is `config`; a field the row lacks (added to RunConfig since) counts as
+    its default, which keeps the behaviour of before."""
+    default, wanted = (json.loads(json.dumps(c.to_dict())) for c in (RunConfig(), config))
+    return all(saved.get(name, default[name]) == value for name, value in wanted.items())
+
+
 def included(files: list[tuple[str, list[dict]]], grid: list[tuple], settings: dict) -> dict[tuple, dict]:
     """(latent dim, variant, seed) -> the row of an earlier results.json whose run had this study's settings
     (its config and training images) and was scored as this call scores (`settings`); says per file how many
@@ -233,8 +240,7 @@ def included(files: list[tuple[str, list[dict]]], grid: list[tuple], settings: d
                 skipped["a latent size, variant or seed this call does not table"] += 1
             elif any(row[k] != v for k, v in settings.items()):
                 skipped["scored with other settings (--nll-images, --iwae-k, --iwae-images)"] += 1
-            elif (row["config"] != json.loads(json.dumps(spec.config.to_dict()))
-                  or row["train_images"] != spec.train_images):
+            elif not same_config(row["config"], spec.config) or row["train_images"] != spec.train_images:
                 skipped["trained with other settings"] += 1
             else:
                 rows[key] = {k: v for k, v in row.items() if k != "chosen_on_validation"}
