@@ -346,9 +346,11 @@ def main() -> None:
         per_variant: dict[str, list[dict]] = {}
         for run in grid:
             run_d, seed, name, spec, run_dir = run
-            if run_d != d or run_dir in failed:
+            if run_d != d:
                 continue
-            record = own_record(run, asked=run in runs, data=data, settings=settings) or earlier.get((d, name, seed))
+            # a run that failed here keeps the row an included file has of it (its failure is reported below)
+            record = None if run_dir in failed else own_record(run, asked=run in runs, data=data, settings=settings)
+            record = record or earlier.get((d, name, seed))
             if record is None:
                 continue
             per_variant.setdefault(name, []).append(record)
@@ -397,8 +399,8 @@ def main() -> None:
     if failed:
         for run_dir, error in failed.items():
             print(f"failed: {run_dir.name}: {error}", file=sys.stderr)
-        sys.exit(f"{len(failed)} of {len(runs)} runs failed (not in the table); the others are kept: the same "
-                 "command trains the failed ones again")
+        sys.exit(f"{len(failed)} of {len(runs)} runs failed (in the table only where an included file has them); "
+                 "the others are kept: the same command trains the failed ones again")
 
 
 if __name__ == "__main__":

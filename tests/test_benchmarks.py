@@ -168,6 +168,17 @@ def test_likelihood_study_trains_in_workers_reports_a_failed_run_and_reuses_the_
     assert "3 of 4 rows join the table (left out: 1 no valid_exact_nll, test_exact_nll_iwae_images, test_iwae... " \
         "(an older format))" in \
         capsys.readouterr().out
+    # a run that fails here (OUT's baseline was made with other widths) keeps the row an included file has of it
+    iwae_row = next(r for r in parts if r["variant"] == "- iwae")
+    baseline_row = {**iwae_row, "variant": "baseline", "test_exact_nll": 555.0,
+                    "config": {**iwae_row["config"], "prior": "standard", "warmup": 0, "lr_schedule": "constant"}}
+    (tmp_path / "baseline.json").write_text(json.dumps({"rows": [baseline_row]}))
+    with pytest.raises(SystemExit, match="1 of 1 runs failed"):
+        run_benchmark("likelihood_study.py", [*common, "--hidden", "16", "--variants", "baseline", "--include",
+                                              str(tmp_path / "baseline.json")], monkeypatch)
+    assert "baseline-z1-s0: failed: ReproduceError" in capsys.readouterr().out
+    assert [r["test_exact_nll"] for r in json.loads((out / "results.json").read_text())["rows"]
+            if r["variant"] == "baseline"] == [555.0]
     for bad in (tmp_path / "missing.json", tmp_path / "doctored.json.not"):
         if bad.suffix == ".not":
             bad.write_text("{not json")
