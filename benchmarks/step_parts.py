@@ -9,7 +9,8 @@ times per step, as seconds per epoch of training steps (validation and checkpoin
      or oneDNN on fixed tensors: 2 minus 1 is what a layer's inputs and weights coming cold costs;
   3. forward and backward through autograd with the objective (fixed images and noise), no optimizer;
   4. 3 plus Adam's step;
-  5. the trainer's whole step: 4 plus the batch gather, the binarization and noise draws and the loss sums.
+  5. the trainer's whole step (`training.take_step`): 4 plus the batch gather, the binarization and noise
+     draws, the schedules and the loss sums.
 The five are timed in turn, round after round (--rounds), and each keeps its fastest round, so that load
 from other processes falls on all of them alike. Subnormals are flushed as the trainer flushes them.
 """
@@ -28,10 +29,11 @@ import torch
 from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.device import cpu_model, keep_freed_memory, subnormals_flushed
+from vaelab.distributed import World
 from vaelab.linear import ONEDNN_MIN_WIDTH, onednn_available, onednn_linear, set_kernel
 from vaelab.models import init_model
 from vaelab.objectives import noise_shape, objective_function
-from vaelab.training import TERMS, machine_kernel, make_optimizer
+from vaelab.training import ObjectiveStep, machine_kernel, make_optimizer, take_step
 
 
 def products(model: torch.nn.Module, kernel: str, batch: int) -> list[tuple]:
@@ -105,19 +107,12 @@ def main() -> None:
         autograd()
         optimizer.step()
 
+    trainer_step, world = ObjectiveStep(model, objective), World()
+
     def whole() -> None:
-        nonlocal sums
         i = torch.randint(len(data.train), (config.batch_size,), generator=generator)
-        batch = data.train_batch(i, generator)
-        e = None if shape is None else torch.randn(shape, generator=generator)
-        terms = objective(model, batch, beta=config.beta, noise=e)
-        loss = terms["loss"].sum() / config.batch_size
-        assert bool(torch.isfinite(loss))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
+        take_step(config, trainer_step, optimizer, data, i, generator, global_step=0, steps_per_epoch=steps_per_epoch,
+                  world=world, sums=sums)
 
     parts = {"in_order": in_order, "autograd": autograd, "with_adam": with_adam, "whole": whole}
     rounds: dict[str, list[float]] = {name: [] for name in ["alone", *parts]}

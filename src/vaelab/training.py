@@ -304,7 +304,7 @@ def _quiet(message: str) -> None:
     """Ranks other than 0 say nothing: rank 0 speaks for the run."""
 
 
-class _Step(nn.Module):
+class ObjectiveStep(nn.Module):
     """The objective's per-example terms as a module, so that DistributedDataParallel sees a forward()."""
 
     def __init__(self, model: nn.Module, objective: Callable):
@@ -313,6 +313,36 @@ class _Step(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None, beta: float) -> dict[str, torch.Tensor]:
         return self.objective(self.model, x, beta=beta, noise=noise)
+
+
+def take_step(config: RunConfig, step: nn.Module, optimizer: torch.optim.Optimizer, data: PixelData,
+              idx: torch.Tensor, generator: torch.Generator, *, global_step: int, steps_per_epoch: int,
+              world: World, sums: torch.Tensor) -> None:
+    """One optimizer step on the training images `idx` (an `ObjectiveStep`, possibly in DDP), at the
+    learning rate and KL weight of `global_step`; adds the batch's per-example term sums (`TERMS`) to
+    `sums`. A non-finite loss raises NonFiniteLossError before it reaches the weights."""
+    device = data.train.device
+    # Every rank draws the whole global batch's binarization and noise (the generator stays in
+    # step with one process's), then takes its own part of the batch.
+    x = data.train_batch(idx, generator)  # (B, P)
+    shape = noise_shape(config.objective, len(idx), config.latent_dim, k=config.k)  # the objective's
+    noise = None if shape is None else torch.randn(shape, generator=generator, device=device)  # (B, [K,] D)
+    if config.lr_schedule != "constant":
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, global_step, steps_per_epoch)
+    beta = kl_weight(config, global_step, steps_per_epoch)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+        terms = step(world.shard(x), None if noise is None else world.shard(noise), beta)
+    # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
+    loss = terms["loss"].sum() / (len(idx) / world.size)
+    if not world.all_true(bool(torch.isfinite(loss)), device):
+        raise NonFiniteLossError(f"non-finite loss ({loss.item()})")
+    optimizer.zero_grad(set_to_none=True)
+    with world.collective("averaging gradients"):
+        loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
 
 
 def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.device, world: World, resume: bool,
@@ -341,7 +371,7 @@ def _fit(config: RunConfig, run_dir: Path, *, data: PixelData, device: torch.dev
             write_metrics(run_dir, state["history"])  # drops lines a crash may have left past the checkpoint
     # The run keeps the kernel it started with: a resumed run sums in the same order, to the last bit.
     set_kernel(model, state["linear_kernel"])
-    step = _Step(model, objective_function(config.objective, k=config.k))
+    step = ObjectiveStep(model, objective_function(config.objective, k=config.k))
     if world.distributed:
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     n = len(data.train)
@@ -389,29 +419,13 @@ def _epochs(config: RunConfig, run_dir: Path, *, model: nn.Module, step: nn.Modu
                    file=sys.stderr, disable=(None if progress is None else not progress) if world.main else True)
         for i in range(first, n_batches):
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            # Every rank draws the whole global batch's binarization and noise (the generator stays in
-            # step with one process's), then takes its own part of the batch.
-            x = data.train_batch(idx, generator)  # (B, P)
-            shape = noise_shape(config.objective, len(idx), config.latent_dim, k=config.k)  # the objective's
-            noise = None if shape is None else torch.randn(shape, generator=generator, device=device)  # (B, [K,] D)
-            if config.lr_schedule != "constant":
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, state["step"], n_batches)
-            beta = kl_weight(config, state["step"], n_batches)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
-                terms = step(world.shard(x), None if noise is None else world.shard(noise), beta)
-            # sum / (B / N): the ranks' gradients, averaged by DDP, are the gradient of the global mean
-            loss = terms["loss"].sum() / (len(idx) / world.size)
-            if not world.all_true(bool(torch.isfinite(loss)), device):
+            try:
+                take_step(config, step, optimizer, data, idx, generator, global_step=state["step"],
+                          steps_per_epoch=n_batches, world=world, sums=sums)
+            except NonFiniteLossError as error:
                 bar.close()
-                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i + 1} of "
-                                         f"{n_batches}; {_what_is_left(run_dir, state)}")
-            optimizer.zero_grad(set_to_none=True)
-            with world.collective("averaging gradients"):
-                loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                sums += torch.stack([terms[k].detach().sum() for k in TERMS]).double()
+                raise NonFiniteLossError(f"{error} at epoch {epoch}, step {i + 1} of {n_batches}; "
+                                         f"{_what_is_left(run_dir, state)}") from None
             state["step"] += 1
             bar.update()
             if stop.requested and i + 1 < n_batches:  # (on the last step, finish the epoch instead)
