@@ -69,17 +69,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
     parser.add_argument("--valid-size", type=int, default=RunConfig.valid_size)
     parser.add_argument("--objective", default=RunConfig.objective, help="[default: the trainer's, %(default)s]")
+    parser.add_argument("--k", type=int, default=RunConfig.k, help="samples per image for --objective iwae "
+                        "[default: %(default)s]")
     parser.add_argument("--steps", type=int, default=50, help="steps per timing [default: 50]")
     parser.add_argument("--rounds", type=int, default=7, help="the five parts timed in turn this many times, "
                         "the fastest round of each kept [default: 7]")
     args = parser.parse_args()
     config = dataclasses.replace(RunConfig(), batch_size=args.batch_size, valid_size=args.valid_size,
-                                 objective=args.objective)
+                                 objective=args.objective, k=args.k)
     data = load_data(config, args.data_dir)
     kernel = machine_kernel()
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    objective_said = config.objective + (f" (k={config.k})" if config.objective == "iwae" else "")
     print(f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"linear kernel {kernel}; batch {config.batch_size}, hidden {','.join(map(str, config.hidden))}, "
+          f"linear kernel {kernel}; objective {objective_said}; batch {config.batch_size}, "
+          f"hidden {','.join(map(str, config.hidden))}, "
           f"{steps_per_epoch} steps an epoch")
     keep_freed_memory()
     model = init_model(config)

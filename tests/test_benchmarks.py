@@ -197,12 +197,13 @@ def test_likelihood_study_seeds_are_a_count_or_a_range(text, seeds, monkeypatch)
             study["parse_seeds"](bad)
 
 
-def test_step_parts_prints_the_five_parts_of_a_step(fake_mnist, monkeypatch, capsys):
+@pytest.mark.parametrize("objective", [[], ["--objective", "iwae", "--k", "3"]], ids=["default", "iwae-k3"])
+def test_step_parts_prints_the_five_parts_of_a_step(fake_mnist, monkeypatch, capsys, objective):
     run_benchmark("step_parts.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID), "--batch-size",
-                                    "32", "--steps", "2",
-                                    "--rounds", "1"], monkeypatch)
+                                    "32", "--steps", "2", "--rounds", "1", *objective], monkeypatch)
     out = capsys.readouterr().out
-    assert re.search(r"^.+, \d+ cores, torch .*linear kernel (torch|onednn); batch 32", out, re.M), out
+    said = "iwae \\(k=3\\)" if objective else "paper"
+    assert re.search(rf"^.+, \d+ cores, torch .*kernel (torch|onednn); objective {said}; batch 32", out, re.M), out
     parts = re.findall(r"^  (\d)\. .* [\d.]+ s/epoch +([\d.]+) ms/step", out, re.M)
     assert [p[0] for p in parts] == ["1", "2", "3", "4", "5"], out
     assert all(float(ms) > 0 for _, ms in parts)  # (s/epoch of 7 steps can print 0.00 on a fast CPU)
