@@ -222,3 +222,26 @@ def test_step_parts_asks_for_a_steps_products_in_its_order(monkeypatch):
     shapes = [tuple((a @ b).shape) for _, a, b in ordered]
     assert shapes[:len(layers)] == [(4, m.out_features) for m in layers]  # every layer forward, in order
     assert shapes[len(layers)] == tuple(layers[-1].weight.shape)  # then backward from the last layer
+
+
+@pytest.mark.parametrize("preset", [None, "z2-best"])
+def test_step_profile_prints_each_group_of_operators_for_the_default_vae_or_a_preset(fake_mnist, monkeypatch, capsys,
+                                                                                     preset):
+    args = ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID), "--epochs", "1", "--hidden", "16,8"]
+    run_benchmark("step_profile.py", [*args, *(["--preset", preset, "--batch-size", "64"] if preset else [])],
+                  monkeypatch)
+    out = capsys.readouterr().out
+    said = "z2-best: latent 2, objective iwae (k=5), prior vamp:100, batch 64" if preset else \
+        "default VAE: latent 2, objective paper, prior standard, batch 128"
+    assert said in out and "hidden 16,8" in out, out
+    shares = [float(s) for s in re.findall(r"^  \S.*? +[\d.]+ s +([\d.]+)%$", out, re.M)]
+    assert "matmuls" in out and len(shares) >= 3 and sum(shares) == pytest.approx(100, abs=0.5), out
+
+
+def test_step_profile_counts_the_matmuls_flops_when_asked(fake_mnist, monkeypatch, capsys):
+    monkeypatch.setenv("VAELAB_LINEAR", "torch")  # torch's mm / addmm carry FLOP counts; oneDNN's op does not
+    run_benchmark("step_profile.py", ["--data-dir", str(fake_mnist), "--valid-size", str(FAKE_VALID), "--epochs", "1",
+                                      "--hidden", "16,8", "--flops"], monkeypatch)
+    match = re.search(r"matmuls with a FLOP count \((\d+)% of the matmuls' time\): ([\d.]+) GFLOP at ([\d.]+) GFLOP/s",
+                      capsys.readouterr().out)
+    assert match and int(match[1]) >= 50 and float(match[3]) > 0, match
