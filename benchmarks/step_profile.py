@@ -2,10 +2,11 @@
 
 Run on demand (not in CI):  VAELAB_DATA=../shared/data .venv/bin/python benchmarks/step_profile.py
 Trains the default VAE (paper objective, latent 2), or a preset's model (--preset z2-best: IWAE k = 5, the
-VampPrior, batch 512), for --epochs epochs under the profiler and prints, over those epochs, the CPU time of each group of operators (self time, so nothing is counted twice)
-as seconds and as a share: the matmuls (forward and backward), the binarization draw, the noise draw,
-the loss's elementwise work (forward and backward), the optimizer, validation, checkpoint writes, and
-the rest (Python and framework overhead: wall time minus all operator time).
+VampPrior, batch 512), for --epochs epochs under the profiler and prints, over those epochs, the CPU time of
+each group of operators (self time, so nothing is counted twice) as seconds and as a share: the matmuls
+(forward and backward), the activations, the binarization and noise draws, the loss's elementwise work
+(forward and backward), the optimizer, gathers and copies, and other operators; --flops adds the matmuls'
+FLOP count and rate.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
           f"linear kernel {machine_kernel()}; precision {config.precision}; {config.preset or 'default VAE'}: "
           f"latent {config.latent_dim}, objective {objective}, prior {config.prior}, batch {config.batch_size}, hidden "
           f"{','.join(map(str, config.hidden))}, {len(data.train)} training images")
-    with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CPU], with_flops=args.flops) as prof:
+    profiler = profile(activities=[ProfilerActivity.CPU], with_flops=args.flops)
+    with tempfile.TemporaryDirectory() as tmp, profiler as prof:
         started = time.perf_counter()
         train(config, Path(tmp) / "run", data=data, progress=False, log=lambda _: None)
         wall = time.perf_counter() - started
