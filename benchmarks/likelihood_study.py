@@ -4,7 +4,7 @@ Every variant is the recipe (config.PRESETS["z2-best"], at each latent dimension
 (iwae -> elbo, the learned prior -> N(0, I), no warm-up, constant lr, 20 epochs: reproduce's budget when
 this was measured), plus the baseline with all of them removed. Each run keeps its best-validation epoch (the trainer's
 model.safetensors); the variant chosen per latent dimension is the one with the lowest mean exact NLL on
-the validation set. Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k =
+the validation set over the seeds that all variants have (none is chosen where they have none in common). Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k =
 5000) and test -ELBO, nats per image, mean ± sd over seeds, and the training wall time; the CPU it ran on.
 
 Run on demand (many hours on 2 idle cores; not in CI), in parts if need be: finished runs in OUT/runs are
@@ -76,6 +76,13 @@ def variants(epochs: int) -> dict[str, dict]:
     return out
 
 
+def recipe_preset(latent_dim: int) -> str | None:
+    """The PRESETS name of the recipe at `latent_dim` (z1-best at 1, z2-best at 2; None where none is named),
+    recorded in a recipe run's config.json."""
+    recipe = {**PRESETS[RECIPE], "latent_dim": latent_dim}
+    return next((name for name, values in PRESETS.items() if values == recipe), None)
+
+
 def configs(*, latent_dim: int, seed: int, epochs: int, valid_size: int, **overrides) -> dict:
     """Variant name -> its RunConfig; `overrides` (say hidden, batch_size) apply to all variants."""
     base = {**PRESETS[RECIPE], "latent_dim": latent_dim, "seed": seed, "epochs": epochs, "valid_size": valid_size,
@@ -85,7 +92,7 @@ def configs(*, latent_dim: int, seed: int, epochs: int, valid_size: int, **overr
         values = {**base, **removed}
         if "epochs" in removed:
             values["epochs"] = min(epochs, removed["epochs"])
-        out[name] = RunConfig(**values, preset=RECIPE if not removed else None)
+        out[name] = RunConfig(**values, preset=recipe_preset(latent_dim) if not removed else None)
     return out
 
 
@@ -216,9 +223,10 @@ def read_included(paths: list[str]) -> list[tuple[str, list[dict]]]:
 
 def same_config(saved: dict, config: RunConfig) -> bool:
     """Whether a row's saved config is `config`; a field the row lacks (added to RunConfig since) counts as
-    its default, which keeps the behaviour of before."""
+    its default, which keeps the behaviour of before. The preset's name is a label, not a setting (a latent-1
+    recipe run was labelled z2-best before z1-best was its name), so it is not compared."""
     default, wanted = (json.loads(json.dumps(c.to_dict())) for c in (RunConfig(), config))
-    return all(saved.get(name, default[name]) == value for name, value in wanted.items())
+    return all(saved.get(name, default[name]) == value for name, value in wanted.items() if name != "preset")
 
 
 def included(files: list[tuple[str, list[dict]]], grid: list[tuple], settings: dict) -> dict[tuple, dict]:
@@ -360,10 +368,11 @@ def main() -> None:
                   f"{record['test_neg_elbo']:.2f} ({record['train_seconds']:.0f} s; {record['cpu']})", flush=True)
         if not per_variant:
             continue
-        # chosen on the seeds every variant has (a study in parts may have more seeds of some)
+        # chosen on the seeds every variant has (a study in parts may have more seeds of some); with none in
+        # common, means over different seeds would compare seeds as much as variants: none is chosen
         shared = set.intersection(*({r["seed"] for r in records} for records in per_variant.values()))
         chosen = min(per_variant, key=lambda v: statistics.mean(
-            r["valid_exact_nll"] for r in per_variant[v] if not shared or r["seed"] in shared))
+            r["valid_exact_nll"] for r in per_variant[v] if r["seed"] in shared)) if shared else None
         choice_seeds[d] = sorted(shared)
         for name, records in per_variant.items():
             for r in records:
@@ -384,7 +393,8 @@ def main() -> None:
                          f"{statistics.mean(r['train_seconds'] for r in records):.0f} | {len(records)} |")
     total = time.perf_counter() - started
     cpus = Counter(r["cpu"] for r in rows)
-    chosen_on = ", ".join(f"latent {d}: seeds {', '.join(map(str, shared)) or 'none shared'}"
+    chosen_on = ", ".join(f"latent {d}: seeds {', '.join(map(str, shared))}" if shared else
+                          f"latent {d}: no seed shared, none chosen"
                           for d, shared in choice_seeds.items())
     footer = (f"nats per image, mean ± sd over a row's seeds; chosen on validation over the seeds all variants have "
               f"({chosen_on}); IWAE_k with k = {iwae_k}; runs scored on "

@@ -362,3 +362,14 @@ def test_reproduce_on_your_own_colour_images_with_conv_and_continuous_bernoulli(
     evaluation = json.loads((out / "runs" / "vae-elbo-z1-s0" / "evaluation.json").read_text())
     assert "realism" not in evaluation and evaluation["pixel_likelihood"]["name"] == "continuous-bernoulli"
     assert "class circles and lines" in index
+
+
+def test_a_run_with_the_same_settings_under_another_preset_name_is_reused_and_other_settings_are_refused(tmp_path):
+    from vaelab.reproduce import check_existing
+    from vaelab.runfiles import save_config
+
+    recipe = RunConfig.from_preset("z2-best", latent_dim=1)  # a latent-1 recipe run, as the study labelled it once
+    save_config(tmp_path, recipe)
+    check_existing(RunSpec(RunConfig.from_preset("z1-best"), None), tmp_path)  # the same settings: no error
+    with pytest.raises(ReproduceError, match=r"k 5 \(asked 3\)"):
+        check_existing(RunSpec(RunConfig.from_preset("z1-best", k=3), None), tmp_path)

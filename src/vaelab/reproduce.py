@@ -199,9 +199,10 @@ def check_existing(spec: RunSpec, run_dir: Path) -> None:
     """Raise ReproduceError if `run_dir` holds a run made with other settings than `spec`."""
     old = load_config(run_dir)
     mine = spec.config
+    # a longer --epochs continues a run; the preset is the name its settings were given, not a setting
     different = [f"{f.name} {getattr(old, f.name)!r} (asked {getattr(mine, f.name)!r})"
                  for f in dataclasses.fields(RunConfig)
-                 if f.name != "epochs" and getattr(old, f.name) != getattr(mine, f.name)]
+                 if f.name not in ("epochs", "preset") and getattr(old, f.name) != getattr(mine, f.name)]
     note = run_dir / RUN_NOTE
     old_images = json.loads(note.read_text()).get("train_images") if note.exists() else None
     if old_images != spec.train_images:
