@@ -4,8 +4,9 @@ Every variant is the recipe (config.PRESETS["z2-best"], at each latent dimension
 (iwae -> elbo, the learned prior -> N(0, I), no warm-up, constant lr, 20 epochs: reproduce's budget when
 this was measured), plus the baseline with all of them removed. Each run keeps its best-validation epoch (the trainer's
 model.safetensors); the variant chosen per latent dimension is the one with the lowest mean exact NLL on
-the validation set over the seeds that all variants have (none is chosen where they have none in common). Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k =
-5000) and test -ELBO, nats per image, mean ± sd over seeds, and the training wall time; the CPU it ran on.
+the validation set over the seeds that all variants have (none is chosen where they have none in common).
+Printed per variant: validation exact NLL, test exact NLL, test IWAE_k (default k = 5000) and test -ELBO,
+nats per image, mean ± sd over seeds, and the training wall time; the CPU it ran on.
 
 Run on demand (many hours on 2 idle cores; not in CI), in parts if need be: finished runs in OUT/runs are
 reused, killed ones resume, and each run's scores are kept in its study.json (a `vaelab evaluate RUN --nll
