@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vaelab.config import PRESETS, RunConfig
+from vaelab.config import PRESETS, RunConfig, parse_hidden
 from vaelab.data import load_data
 from vaelab.device import cpu_model
 from vaelab.training import machine_kernel, train
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     options = {"epochs": args.epochs, "precision": args.precision, "valid_size": args.valid_size}
     if args.hidden:
-        options["hidden"] = tuple(int(width) for width in args.hidden.split(","))
+        options["hidden"] = parse_hidden(args.hidden)
     if args.batch_size:
         options["batch_size"] = args.batch_size
     config = RunConfig.from_preset(args.preset, **options) if args.preset else RunConfig(**options)
