@@ -331,7 +331,9 @@ def main() -> None:
 
     data = load_data(RunConfig(valid_size=args.valid_size), args.data_dir)
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"recipe {RECIPE} = {PRESETS[RECIPE]}; {epochs} epochs, seeds {list(seeds)}, latent {latent_dims}; "
+    names = ", ".join(f"{recipe_preset(d) or 'unnamed'} at latent {d}" for d in latent_dims)
+    settings = {k: v for k, v in PRESETS[RECIPE].items() if k != "latent_dim"}
+    print(f"recipe ({names}) = {settings}; {epochs} epochs, seeds {list(seeds)}, latent {latent_dims}; "
           f"{QUICK_TRAIN_IMAGES if quick else len(data.train)} training images; test IWAE_{iwae_k}; "
           f"{args.workers} worker(s)")
     # seeds below those asked are listed when an earlier call finished them, and so are --include's rows

@@ -69,6 +69,7 @@ def test_likelihood_study_prints_every_variant_with_the_chosen_one(fake_mnist, m
                                           "--nll-images", "30", "--out", str(out)], monkeypatch)
     printed = capsys.readouterr().out
     assert re.search(r"^.+, \d+ cores; torch ", printed, re.M), printed  # the CPU it ran on
+    assert "recipe (z1-best at latent 1, z2-best at latent 2) = {'model': 'vae', 'objective': 'iwae'" in printed
     table = [line for line in printed.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     names = ["recipe", "- iwae", "- prior", "- warmup", "- cosine", "baseline"]  # 1 epoch: no epochs lever
     assert [line.split(" | ")[1].split(" (")[0] for line in table] == names * 2
