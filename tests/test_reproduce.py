@@ -1,7 +1,7 @@
 """`vaelab reproduce`: run bookkeeping (reuse, resume, force, mismatches) on fake data, then one
 `--quick` reproduce on real MNIST shared by the tests below it: every file is produced, each figure
-is a real image, the table equals a re-evaluation of the saved checkpoints, the same command gives
-the same table, and a second invocation reuses the finished runs."""
+is a real image, the table equals a re-evaluation of the saved checkpoints, the same command (stopped by
+Ctrl-C on the way) gives the same rows, and a second invocation reuses the finished runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,6 @@ from vaelab.reproduce import (
     Progress,
     ReproduceError,
     RunSpec,
-    default_executor,
     ensure_run,
     make_settings,
     parse_latent_dims,
@@ -243,15 +244,41 @@ def test_table_equals_a_reevaluation_of_the_saved_runs(quick):
             assert cells["best_epoch"]["values"][i] == fresh["epoch"]
 
 
-def test_the_same_command_gives_the_same_table(quick, tmp_path):
-    # as the command runs it: its default executor (worker processes on 2+ cores: the threads per run
-    # move the last bits on some CPUs)
-    reproduce(tmp_path / "again", settings=make_settings(quick=True), data_dir=quick["root"],
-              executor=default_executor())
-    for name in ("results.md", "results.csv"):
-        assert (tmp_path / "again" / name).read_text() == (quick["out"] / name).read_text(), name
-    again = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert again == json.loads((quick["out"] / "results.json").read_text())
+def test_ctrl_c_stops_the_workers_and_the_same_command_ends_with_the_uninterrupted_numbers(quick, tmp_path):
+    """Ctrl-C reaches the whole process group, as in a terminal: one line naming the command that continues,
+    exit code 130, no worker left behind; that command then finishes the runs, and its rows are the
+    uninterrupted command's to the last bit (the same seeds give the same numbers; a run resumes exactly)."""
+    out = tmp_path / "report"
+    command = [str(Path(sys.executable).parent / "vaelab"), "reproduce", "--quick", "--workers", "2",
+               "--latent-dims", "2", "--out", str(out)]
+    env = {**os.environ, "VAELAB_DATA": str(quick["root"])}
+
+    def default_ctrl_c():  # (a background job may inherit SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setpgrp()
+
+    started = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/checkpoints/*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a worker is training
+    os.killpg(started.pid, signal.SIGINT)
+    _, err = started.communicate(timeout=60)
+    assert started.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "vaelab: interrupted while training in worker processes (each run keeps its last checkpoint); to continue "
+        f"every run, give the same command again: vaelab reproduce --quick --latent-dims 2 --out {out}")
+    assert "Traceback" not in err and "leaked" not in err
+    deadline = time.monotonic() + 10  # the workers (and multiprocessing's resource tracker) end with it
+    with pytest.raises(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(started.pid, 0)
+            time.sleep(0.1)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    # (both ran worker processes with the same threads each: the threads per run move the last bits on some CPUs)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    uninterrupted = [r for r in json.loads((quick["out"] / "results.json").read_text())["rows"] if r["latent_dim"] == 2]
+    assert len(rows) == len(EXPERIMENT) and rows == uninterrupted
 
 
 def test_recipe_runs_join_the_tables_next_to_the_published_numbers(quick, tmp_path):
